@@ -1,0 +1,65 @@
+# The interface to the project: `make run` and `make test` are all a newcomer needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-dev run serve test lint format typecheck migrate revision openapi bench clean
+
+help:
+	@echo "make run        install, migrate the embedded SQLite database and serve on :$(PORT)"
+	@echo "make test       install dev dependencies and run the suite (SQLite and PostgreSQL)"
+	@echo "make lint       ruff (lint + format check) and mypy --strict"
+	@echo "make openapi    regenerate openapi/openapi.json"
+	@echo "make migrate    apply migrations to KEYSERVICE_DATABASE_URL (default ./keyservice.db)"
+	@echo "make revision m=\"...\"  new Alembic migration"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit("keyservice needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(BIN)/keyservice migrate
+	$(BIN)/keyservice serve --port $(PORT)
+
+serve: run
+
+test: install-dev
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check src tests migrations
+	$(BIN)/ruff format --check src tests migrations
+	$(BIN)/mypy
+
+format: install-dev
+	$(BIN)/ruff format src tests migrations
+	$(BIN)/ruff check --fix src tests migrations
+
+typecheck: install-dev
+	$(BIN)/mypy
+
+migrate: install
+	$(BIN)/keyservice migrate
+
+revision: install-dev
+	$(BIN)/alembic revision --autogenerate -m "$(m)"
+
+openapi: install
+	$(BIN)/keyservice openapi --output openapi/openapi.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache keyservice.db*

@@ -1,0 +1,3 @@
+"""keyservice: issue, verify, rate-limit and meter API keys."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+
+from keyservice.models import Role
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Password = Annotated[str, Field(min_length=12, max_length=256)]
+
+
+class AccountOut(BaseModel):
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "2d7f1c3e-5a4b-4c8d-9e0f-1a2b3c4d5e6f",
+                    "name": "Acme CRM",
+                    "created_at": "2026-11-01T12:00:00Z",
+                    "updated_at": "2026-11-01T12:00:00Z",
+                }
+            ]
+        },
+    )
+
+    id: uuid.UUID
+    name: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class AccountUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Acme"}]})
+
+    name: Name
+
+
+class MemberOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "7b6a5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d",
+                    "email": "dana@example.com",
+                    "role": "admin",
+                    "created_at": "2026-11-01T12:00:00Z",
+                }
+            ]
+        }
+    )
+
+    user_id: uuid.UUID
+    email: str
+    role: Role
+    created_at: datetime
+
+
+class MemberCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"email": "dana@example.com", "role": "admin", "password": "correct horse battery"}
+            ]
+        },
+    )
+
+    email: EmailStr
+    role: Role = Role.member
+    password: Password | None = Field(
+        default=None,
+        description="Initial password for a new user (12 characters or more). A user who already "
+        "exists keeps their own password.",
+    )
+
+
+class MemberUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"role": "member"}]})
+
+    role: Role

@@ -1,0 +1,221 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import contains_eager
+
+from keyservice.accounts.passwords import hash_password
+from keyservice.audit import service as audit
+from keyservice.errors import Conflict, Forbidden, NotFound
+from keyservice.models import Account, AuditEvent, KeyKind, Membership, Role, User
+from keyservice.pagination import PageParams, paginate
+from keyservice.security import Environment
+from keyservice.verification.service import Principal
+
+
+async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account:
+    account = await session.get(Account, account_id)
+    if account is None:
+        raise NotFound("Account not found")
+    return account
+
+
+async def rename_account(session: AsyncSession, actor: Principal, *, name: str) -> Account:
+    account = await get_account(session, actor.account_id)
+    if account.name != name:
+        old = account.name
+        account.name = name
+        await session.flush()
+        await audit.record(
+            session,
+            actor,
+            action="account.updated",
+            target_type="account",
+            target_id=account.id,
+            details={"name": {"from": old, "to": name}},
+        )
+    return account
+
+
+async def list_members(
+    session: AsyncSession, *, account_id: uuid.UUID, page: PageParams
+) -> tuple[Sequence[Membership], str | None]:
+    statement = (
+        select(Membership)
+        .join(Membership.user)
+        .options(contains_eager(Membership.user))
+        .where(Membership.account_id == account_id)
+    )
+    return await paginate(
+        session, statement, page, created_at=Membership.created_at, id_=Membership.user_id
+    )
+
+
+async def get_membership(
+    session: AsyncSession, *, account_id: uuid.UUID, user_id: uuid.UUID, lock: bool = False
+) -> Membership:
+    statement = (
+        select(Membership)
+        .join(Membership.user)
+        .options(contains_eager(Membership.user))
+        .where(Membership.account_id == account_id, Membership.user_id == user_id)
+    )
+    if lock:
+        statement = statement.with_for_update(of=Membership)
+    membership = (await session.scalars(statement)).first()
+    if membership is None:
+        raise NotFound("Member not found")
+    return membership
+
+
+def _check_may_grant(actor: Principal, *roles: Role) -> None:
+    # Only an owner makes or unmakes owners; an application's key has no role and cannot.
+    if Role.owner in roles and actor.role is not Role.owner:
+        raise Forbidden("Only an owner can grant or take away the owner role")
+
+
+async def _lock_account(session: AsyncSession, account_id: uuid.UUID) -> None:
+    # Serialises changes to one account's owners, so that two concurrent demotions cannot both
+    # pass the last-owner check (SQLite serialises writers by itself).
+    await session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
+
+
+async def _owner_count(session: AsyncSession, account_id: uuid.UUID) -> int:
+    return (
+        await session.scalar(
+            select(func.count())
+            .select_from(Membership)
+            .where(Membership.account_id == account_id, Membership.role == Role.owner)
+        )
+        or 0
+    )
+
+
+async def add_member(
+    session: AsyncSession,
+    actor: Principal,
+    *,
+    email: str,
+    role: Role,
+    password: str | None,
+) -> Membership:
+    _check_may_grant(actor, role)
+    email = email.lower()
+    user = (await session.scalars(select(User).where(User.email == email))).first()
+    if user is None:
+        user = User(email=email, password_hash=hash_password(password) if password else None)
+        session.add(user)
+        await session.flush()
+    elif await session.get(Membership, (actor.account_id, user.id)) is not None:
+        raise Conflict("This user is already a member of the account")
+    membership = Membership(account_id=actor.account_id, user_id=user.id, role=role, user=user)
+    session.add(membership)
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        action="member.added",
+        target_type="user",
+        target_id=user.id,
+        details={"email": email, "role": role.value},
+    )
+    return membership
+
+
+async def change_role(
+    session: AsyncSession, actor: Principal, *, user_id: uuid.UUID, role: Role
+) -> Membership:
+    await _lock_account(session, actor.account_id)
+    membership = await get_membership(
+        session, account_id=actor.account_id, user_id=user_id, lock=True
+    )
+    if membership.role == role:
+        return membership
+    _check_may_grant(actor, membership.role, role)
+    if membership.role is Role.owner and await _owner_count(session, actor.account_id) <= 1:
+        raise Conflict("The account's last owner cannot be demoted; make someone else owner first")
+    old = membership.role
+    membership.role = role
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        action="member.role_changed",
+        target_type="user",
+        target_id=user_id,
+        details={"role": {"from": old.value, "to": role.value}},
+    )
+    return membership
+
+
+async def remove_member(session: AsyncSession, actor: Principal, *, user_id: uuid.UUID) -> None:
+    await _lock_account(session, actor.account_id)
+    membership = await get_membership(
+        session, account_id=actor.account_id, user_id=user_id, lock=True
+    )
+    _check_may_grant(actor, membership.role)
+    if membership.role is Role.owner and await _owner_count(session, actor.account_id) <= 1:
+        raise Conflict("The account's last owner cannot be removed")
+    await session.delete(membership)
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        action="member.removed",
+        target_type="user",
+        target_id=user_id,
+        details={"email": membership.user.email, "role": membership.role.value},
+    )
+
+
+async def bootstrap(
+    session: AsyncSession,
+    *,
+    account_name: str,
+    owner_email: str,
+    password: str | None,
+    key_prefix: str,
+) -> tuple[Account, User, str]:
+    """Create an account, its owner and an owner key (a personal key with every keyservice
+    scope). Returns the key's secret, which exists nowhere else."""
+    from keyservice.keys import service as keys_service
+
+    owner_email = owner_email.lower()
+    user = (await session.scalars(select(User).where(User.email == owner_email))).first()
+    if user is None:
+        user = User(email=owner_email, password_hash=hash_password(password) if password else None)
+        session.add(user)
+    account = Account(name=account_name)
+    session.add(account)
+    await session.flush()
+    session.add(Membership(account_id=account.id, user_id=user.id, role=Role.owner))
+    key, secret = keys_service.new_key(
+        prefix=key_prefix,
+        kind=KeyKind.personal,
+        name="Owner key (bootstrap)",
+        environment=Environment.live,
+        scopes=["keyservice:*"],
+        expires_at=None,
+        user_id=user.id,
+    )
+    session.add(key)
+    await session.flush()
+    session.add(
+        AuditEvent(
+            account_id=account.id,
+            actor_user_id=user.id,
+            action="account.bootstrapped",
+            target_type="account",
+            target_id=str(account.id),
+            details={"owner_email": owner_email, "key_id": str(key.id)},
+        )
+    )
+    await session.flush()
+    return account, user, secret
+
+
+async def has_accounts(session: AsyncSession) -> bool:
+    return (await session.scalar(select(Account.id).limit(1))) is not None

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic.config import JsonDict
+
+from keyservice.accounts.schemas import Name
+
+Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
+Scope = Annotated[str, StringConstraints(min_length=3, max_length=100)]
+ScopeList = Annotated[list[Scope], Field(max_length=100)]
+
+_EXAMPLE: JsonDict = {
+    "name": "Zapier sync",
+    "developer_email": "dev@partner.example",
+    "description": "Two-way sync of contacts and deals",
+    "permissions": ["contacts:read", "contacts:write", "deals:read"],
+}
+
+
+class ApplicationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE]})
+
+    name: Name
+    developer_email: EmailStr = Field(
+        description="Who builds and maintains the integration; used for important notices."
+    )
+    description: Description = ""
+    permissions: ScopeList = Field(
+        default_factory=list,
+        description="The scopes this application's keys may hold (see `GET /v1/scopes`).",
+    )
+
+
+class ApplicationUpdate(BaseModel):
+    """Fields to change; omitted fields stay as they are."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"permissions": ["contacts:read"]}]}
+    )
+
+    name: Name | None = None
+    developer_email: EmailStr | None = None
+    description: Description | None = None
+    permissions: ScopeList | None = Field(
+        default=None,
+        description="Narrowing the permissions narrows what existing keys can do, at once.",
+    )
+
+
+class ApplicationOut(BaseModel):
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0b9c6f5e-8d7a-4b3c-9e2f-1a0b9c8d7e6f",
+                    **_EXAMPLE,
+                    "created_at": "2026-11-01T12:00:00Z",
+                    "updated_at": "2026-11-01T12:00:00Z",
+                }
+            ]
+        },
+    )
+
+    id: uuid.UUID
+    name: str
+    developer_email: str
+    description: str
+    permissions: list[str]
+    created_at: datetime
+    updated_at: datetime

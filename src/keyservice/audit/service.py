@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.models import AuditEvent
+from keyservice.pagination import PageParams, paginate
+from keyservice.verification.service import Principal
+
+
+async def record(
+    session: AsyncSession,
+    actor: Principal,
+    *,
+    action: str,
+    target_type: str,
+    target_id: uuid.UUID | str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append to the account's audit trail, in the caller's transaction."""
+    session.add(
+        AuditEvent(
+            account_id=actor.account_id,
+            actor_key_id=actor.key.id,
+            actor_user_id=actor.user_id,
+            action=action,
+            target_type=target_type,
+            target_id=str(target_id),
+            details=details or {},
+            client_address=actor.client_address,
+        )
+    )
+
+
+async def list_events(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    page: PageParams,
+    action: str | None = None,
+) -> tuple[Sequence[AuditEvent], str | None]:
+    statement = select(AuditEvent).where(AuditEvent.account_id == account_id)
+    if action is not None:
+        statement = statement.where(AuditEvent.action == action)
+    return await paginate(
+        session, statement, page, created_at=AuditEvent.created_at, id_=AuditEvent.id
+    )

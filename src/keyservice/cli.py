@@ -1,0 +1,170 @@
+"""``keyservice serve | migrate | bootstrap | openapi``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import sys
+from pathlib import Path
+
+from keyservice.config import Mode, Settings, get_settings
+
+logger = logging.getLogger("keyservice")
+
+
+def _print_first_key(secret: str, email: str, base_url: str) -> None:
+    # Straight to the terminal, never through logging: log pipelines keep what they are given.
+    sys.stdout.write(
+        f"""
+  keyservice: account created; owner {email}.
+  Owner key (shown once, store it now):
+
+      {secret}
+
+  Try it:
+
+      curl -s {base_url}/v1/account -H "Authorization: Bearer {secret}"
+
+  API docs: {base_url}/docs
+
+"""
+    )
+    sys.stdout.flush()
+
+
+async def _bootstrap(
+    settings: Settings, *, account_name: str, email: str, password: str | None, if_empty: bool
+) -> str | None:
+    from keyservice.accounts import service as accounts_service
+    from keyservice.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            if if_empty and await accounts_service.has_accounts(session):
+                return None
+            _, _, secret = await accounts_service.bootstrap(
+                session,
+                account_name=account_name,
+                owner_email=email,
+                password=password,
+                key_prefix=settings.key_prefix,
+            )
+            return secret
+    finally:
+        await engine.dispose()
+
+
+def _migrate(settings: Settings, revision: str) -> None:
+    from keyservice import migrate
+
+    asyncio.run(migrate.upgrade(settings, revision=revision))
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    _migrate(get_settings(), args.revision)
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> None:
+    settings = get_settings()
+    password = getpass.getpass("Owner password (empty for none): ") if args.password else None
+    secret = asyncio.run(
+        _bootstrap(
+            settings,
+            account_name=args.account_name,
+            email=args.email,
+            password=password or None,
+            if_empty=args.if_empty,
+        )
+    )
+    if secret is None:
+        logger.info("accounts exist already; nothing done (--if-empty)")
+        return
+    _print_first_key(secret, args.email, args.base_url)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    settings = get_settings()
+    if settings.mode is Mode.development:
+        if settings.is_sqlite:
+            _migrate(settings, "head")
+        secret = asyncio.run(
+            _bootstrap(
+                settings,
+                account_name="My company",
+                email="owner@example.com",
+                password=None,
+                if_empty=True,
+            )
+        )
+        if secret is not None:
+            _print_first_key(secret, "owner@example.com", f"http://{args.host}:{args.port}")
+    uvicorn.run(
+        "keyservice.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        proxy_headers=True,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        log_level=args.log_level,
+    )
+
+
+def cmd_openapi(args: argparse.Namespace) -> None:
+    from keyservice.main import create_app
+
+    document = json.dumps(create_app(Settings()).openapi(), indent=2, sort_keys=True) + "\n"
+    if args.output == "-":
+        sys.stdout.write(document)
+    else:
+        Path(args.output).write_text(document)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="keyservice", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the API with uvicorn")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        help="proxies whose X-Forwarded-For is trusted for client addresses",
+    )
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("--revision", default="head")
+    migrate.set_defaults(func=cmd_migrate)
+
+    bootstrap = commands.add_parser(
+        "bootstrap", help="create an account, its owner and an owner key (printed once)"
+    )
+    bootstrap.add_argument("--account-name", default="My company")
+    bootstrap.add_argument("--email", default="owner@example.com")
+    bootstrap.add_argument(
+        "--password", action="store_true", help="prompt for the owner's password"
+    )
+    bootstrap.add_argument(
+        "--if-empty", action="store_true", help="do nothing if any account exists"
+    )
+    bootstrap.add_argument("--base-url", default="http://127.0.0.1:8000")
+    bootstrap.set_defaults(func=cmd_bootstrap)
+
+    openapi = commands.add_parser("openapi", help="write the OpenAPI document")
+    openapi.add_argument("--output", default="openapi/openapi.json")
+    openapi.set_defaults(func=cmd_openapi)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    args.func(args)

@@ -1,0 +1,103 @@
+"""Deployment settings, read from ``KEYSERVICE_*`` environment variables."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Self
+
+from fastapi import Depends, Request
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SQLITE_DEFAULT_URL = "sqlite+aiosqlite:///./keyservice.db"
+
+DEFAULT_SCOPES = tuple(
+    f"{resource}:{action}"
+    for resource in ("contacts", "deals", "activities", "automations", "users", "reports")
+    for action in ("read", "write")
+)
+
+SCOPE_RE = re.compile(r"^[a-z][a-z0-9_-]*(:[a-z][a-z0-9_-]*)*:[a-z][a-z0-9_-]*$")
+PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+
+
+class Mode(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KEYSERVICE_", extra="ignore")
+
+    mode: Mode = Mode.development
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL. Unset: the embedded SQLite file ./keyservice.db "
+        "(development only).",
+    )
+    scopes: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_SCOPES,
+        description="The product's scope catalogue, comma-separated (`contacts:read,deals:write`).",
+    )
+    key_prefix: str = Field(default="ks", description="First part of every issued key.")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+
+    @field_validator("scopes", mode="before")
+    @classmethod
+    def _split_scopes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(s.strip() for s in value.split(",") if s.strip())
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _check_scopes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for scope in value:
+            if not SCOPE_RE.match(scope) or scope.endswith(":*"):
+                raise ValueError(f"invalid scope {scope!r}: expected resource:action")
+            if scope.startswith("keyservice:"):
+                raise ValueError(f"scope {scope!r}: the keyservice: namespace is reserved")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not PREFIX_RE.match(value):
+            raise ValueError(
+                "key_prefix must be 1-16 lowercase letters or digits, starting with a letter"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_database(self) -> Self:
+        if self.mode is Mode.production and not self.database_url:
+            raise ValueError(
+                "KEYSERVICE_DATABASE_URL must be set in production mode "
+                "(the embedded SQLite default is for development)"
+            )
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or SQLITE_DEFAULT_URL
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def _app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(_app_settings)]

@@ -1,0 +1,334 @@
+"""The error hierarchy and its RFC 9457 ``application/problem+json`` rendering.
+
+Every error has a stable ``type`` URI (``urn:keyservice:problem:<slug>``) that clients can switch
+on; ``title`` is constant per type and ``detail`` explains this occurrence. Nothing in a problem
+ever carries a secret or a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_TYPE_PREFIX = "urn:keyservice:problem:"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class KeyServiceError(Exception):
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.headers = dict(headers or {})
+        self.extensions = extensions
+
+    @classmethod
+    def type_uri(cls) -> str:
+        return PROBLEM_TYPE_PREFIX + cls.slug
+
+
+class BadRequest(KeyServiceError):
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
+class AmbiguousKey(BadRequest):
+    slug = "ambiguous-key"
+    title = "More than one API key in the request"
+
+
+class Unauthorized(KeyServiceError):
+    status = 401
+    slug = "unauthorized"
+    title = "Authentication required"
+    # RFC 6750 section 3.1: error="invalid_token" when a key was sent but is not good.
+    www_error: ClassVar[str | None] = "invalid_token"
+
+    def __init__(self, detail: str | None = None, **extensions: Any) -> None:
+        challenge = 'Bearer realm="keyservice"'
+        if self.www_error:
+            challenge += f', error="{self.www_error}"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge}, **extensions)
+
+
+class MissingKey(Unauthorized):
+    slug = "missing-key"
+    title = "No API key in the request"
+    www_error = None
+
+
+class MalformedKey(Unauthorized):
+    slug = "malformed-key"
+    title = "The API key is malformed"
+
+
+class UnknownKey(Unauthorized):
+    slug = "unknown-key"
+    title = "The API key is not valid"
+
+
+class RevokedKey(Unauthorized):
+    slug = "revoked-key"
+    title = "The API key has been revoked"
+
+
+class ExpiredKey(Unauthorized):
+    slug = "expired-key"
+    title = "The API key has expired"
+
+
+class Forbidden(KeyServiceError):
+    status = 403
+    slug = "forbidden"
+    title = "Not allowed"
+
+
+class InsufficientScope(Forbidden):
+    slug = "insufficient-scope"
+    title = "The API key lacks a required scope"
+
+
+class InsufficientRole(Forbidden):
+    slug = "insufficient-role"
+    title = "The user's role in this account does not allow this"
+
+
+class AccountRequired(BadRequest):
+    slug = "account-required"
+    title = "This key reaches several accounts: name one"
+
+
+class AccountForbidden(Forbidden):
+    slug = "account-forbidden"
+    title = "This key does not reach that account"
+
+
+class NotFound(KeyServiceError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class MethodNotAllowed(KeyServiceError):
+    status = 405
+    slug = "method-not-allowed"
+    title = "Method not allowed"
+
+
+class Conflict(KeyServiceError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class PayloadTooLarge(KeyServiceError):
+    status = 413
+    slug = "payload-too-large"
+    title = "Request body too large"
+
+
+class UnsupportedMediaType(KeyServiceError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class ValidationFailed(KeyServiceError):
+    status = 422
+    slug = "validation-error"
+    title = "The request is not valid"
+
+
+class InvalidScope(ValidationFailed):
+    slug = "invalid-scope"
+    title = "A scope is not allowed here"
+
+
+class ServiceUnavailable(KeyServiceError):
+    status = 503
+    slug = "unavailable"
+    title = "Service unavailable"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "urn:keyservice:problem:not-found",
+                    "title": "Not found",
+                    "status": 404,
+                    "detail": "Application not found",
+                    "instance": "/v1/applications/0b9c...",
+                }
+            ]
+        },
+    )
+
+    type: str = Field(description="Stable URI identifying the kind of problem")
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+
+
+def problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
+    """Move error responses from ``application/json`` to ``application/problem+json`` in an
+    OpenAPI document: FastAPI files a response ``model`` under the app's default media type."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if not status.startswith(("4", "5")) or "application/json" not in content:
+                    continue
+                problem = content.setdefault(PROBLEM_MEDIA_TYPE, {})
+                problem["schema"] = {"$ref": "#/components/schemas/Problem"}
+                del content["application/json"]
+    return schema
+
+
+def problem_response(
+    request: Request,
+    *,
+    status: int,
+    type_uri: str,
+    title: str,
+    detail: str | None,
+    headers: Mapping[str, str] | None = None,
+    extensions: Mapping[str, Any] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": type_uri,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    if extensions:
+        body.update(extensions)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def responses(*errors: type[KeyServiceError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the given errors, grouped by status."""
+    by_status: dict[int, list[type[KeyServiceError]]] = {}
+    for error in errors:
+        by_status.setdefault(error.status, []).append(error)
+    out: dict[int | str, dict[str, Any]] = {}
+    for status, errs in sorted(by_status.items()):
+        out[status] = {
+            "model": Problem,
+            "description": "; ".join(f"`{e.slug}`: {e.title}" for e in errs),
+            "content": {
+                PROBLEM_MEDIA_TYPE: {
+                    "example": {
+                        "type": errs[0].type_uri(),
+                        "title": errs[0].title,
+                        "status": status,
+                        "detail": errs[0].title,
+                    }
+                }
+            },
+        }
+    return out
+
+
+_STATUS_ERRORS: dict[int, type[KeyServiceError]] = {
+    400: BadRequest,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Never echo the submitted value: it may be a password or a key.
+    return [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(KeyServiceError)
+    async def _keyservice_error(request: Request, exc: KeyServiceError) -> JSONResponse:
+        return problem_response(
+            request,
+            status=exc.status,
+            type_uri=exc.type_uri(),
+            title=exc.title,
+            detail=exc.detail,
+            headers=exc.headers,
+            extensions=exc.extensions,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(exc)
+        first = errors[0] if errors else None
+        detail = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}" if first else None
+        return problem_response(
+            request,
+            status=ValidationFailed.status,
+            type_uri=ValidationFailed.type_uri(),
+            title=ValidationFailed.title,
+            detail=detail,
+            extensions={"errors": errors},
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = _STATUS_ERRORS.get(exc.status_code)
+        if error is None:
+            return problem_response(
+                request,
+                status=exc.status_code,
+                type_uri="about:blank",
+                title=str(exc.detail),
+                detail=None,
+                headers=exc.headers,
+            )
+        return problem_response(
+            request,
+            status=error.status,
+            type_uri=error.type_uri(),
+            title=error.title,
+            detail=str(exc.detail) if exc.detail else None,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The exception's message may quote SQL parameters; the traceback goes to the log, whose
+        # records never contain a key (only hashes reach SQL).
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            request,
+            status=500,
+            type_uri=KeyServiceError.type_uri(),
+            title=KeyServiceError.title,
+            detail="An unexpected error occurred",
+        )

@@ -1,0 +1,64 @@
+"""Liveness and readiness probes, and the scope catalogue."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict
+
+from keyservice.config import SettingsDep
+from keyservice.db import SessionDep
+from keyservice.errors import ServiceUnavailable, responses
+from keyservice.migrate import current_revision
+from keyservice.scopes import KEYSERVICE_SCOPES
+
+router = APIRouter()
+
+
+class Status(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: str
+
+
+class Scopes(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "product": ["contacts:read", "contacts:write"],
+                    "keyservice": ["keyservice:keys:read", "keyservice:keys:write"],
+                }
+            ]
+        }
+    )
+
+    product: list[str]
+    keyservice: list[str]
+
+
+@router.get("/healthz", tags=["health"])
+async def healthz() -> Status:
+    """Liveness: the process answers. Touches nothing else."""
+    return Status(status="ok")
+
+
+@router.get("/readyz", tags=["health"], responses=responses(ServiceUnavailable))
+async def readyz(request: Request, session: SessionDep) -> Status:
+    """Readiness: the database answers and its schema is at the migrations' head."""
+    try:
+        connection = await session.connection()
+        revision = await current_revision(connection)
+    except Exception:
+        raise ServiceUnavailable("The database is not reachable") from None
+    if revision != request.app.state.head_revision:
+        raise ServiceUnavailable(
+            "The database schema is not at the current migration; run `keyservice migrate`"
+        )
+    return Status(status="ready")
+
+
+@router.get("/v1/scopes", tags=["scopes"])
+async def list_scopes(settings: SettingsDep) -> Scopes:
+    """The scope catalogue: the product's scopes, which applications and keys may hold, and
+    keyservice's own, which protect this API. `resource:*` grants every scope under `resource:`."""
+    return Scopes(product=list(settings.scopes), keyservice=list(KEYSERVICE_SCOPES))

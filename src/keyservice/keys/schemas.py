@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Self
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
+
+from keyservice.accounts.schemas import Name
+from keyservice.applications.schemas import Scope
+from keyservice.models import KeyKind, KeyStatus
+from keyservice.security import Environment
+
+
+class ExpiryPreset(StrEnum):
+    d30 = "30d"
+    d90 = "90d"
+    d180 = "180d"
+    never = "never"
+
+    @property
+    def delta(self) -> timedelta | None:
+        return None if self is ExpiryPreset.never else timedelta(days=int(self.value[:-1]))
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Production Integration",
+                    "scopes": ["contacts:read", "deals:read"],
+                    "environment": "live",
+                    "expires_in": "90d",
+                }
+            ]
+        },
+    )
+
+    name: Name = Field(description='What the key is for, e.g. "Production Integration".')
+    scopes: list[Scope] = Field(
+        max_length=100,
+        description="Each in the catalogue and within the application's permissions.",
+    )
+    environment: Environment = Environment.live
+    expires_in: ExpiryPreset | None = Field(
+        default=None,
+        description="30d, 90d, 180d or never (the default). Exclusive with `expires_at`.",
+    )
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="An explicit expiry in the future, with a timezone."
+    )
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> Self:
+        if self.expires_in is not None and self.expires_at is not None:
+            raise ValueError("give expires_in or expires_at, not both")
+        if self.expires_at is not None and self.expires_at <= datetime.now(UTC):
+            raise ValueError("expires_at must be in the future")
+        return self
+
+    def expiry(self, now: datetime) -> datetime | None:
+        if self.expires_at is not None:
+            return self.expires_at.astimezone(UTC)
+        delta = (self.expires_in or ExpiryPreset.never).delta
+        return now + delta if delta else None
+
+
+class KeyUpdate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "Staging Webhook"}]}
+    )
+
+    name: Name
+
+
+_KEY_EXAMPLE: JsonDict = {
+    "id": "1c4e2b7a-8f3d-4b8e-a0a1-6f9b3c2d1e0f",
+    "kind": "application",
+    "name": "Production Integration",
+    "hint": "ks_live_…a1B2",
+    "environment": "live",
+    "scopes": ["contacts:read", "deals:read"],
+    "status": "active",
+    "application_id": "0b9c6f5e-8d7a-4b3c-9e2f-1a0b9c8d7e6f",
+    "user_id": None,
+    "created_at": "2026-11-01T12:00:00Z",
+    "updated_at": "2026-11-01T12:00:00Z",
+    "last_rotated_at": None,
+    "last_used_at": None,
+    "expires_at": "2027-01-30T12:00:00Z",
+    "revoked_at": None,
+}
+
+
+class KeyOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_KEY_EXAMPLE]})
+
+    id: uuid.UUID
+    kind: KeyKind
+    name: str
+    hint: str = Field(
+        description="Enough of the key to recognise it; the secret is never shown again."
+    )
+    environment: Environment
+    scopes: list[str]
+    status: KeyStatus
+    application_id: uuid.UUID | None
+    user_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+    last_rotated_at: datetime | None
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    """A new key, with its secret: this response is the only place it ever appears."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **_KEY_EXAMPLE,
+                    "key": "ks_live_4eC39HqLyjWDarjtT1zdp7dc3jd9Qk1a2B",
+                }
+            ]
+        }
+    )
+
+    key: str = Field(description="The secret. Store it now: it is never shown again.")

@@ -1,0 +1,130 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keyservice import __version__
+from keyservice.accounts.router import router as accounts_router
+from keyservice.applications.router import router as applications_router
+from keyservice.audit.router import router as audit_router
+from keyservice.config import Settings, get_settings
+from keyservice.db import create_engine, create_sessionmaker
+from keyservice.errors import (
+    PayloadTooLarge,
+    install_error_handlers,
+    problem_media_types,
+    problem_response,
+)
+from keyservice.health import router as health_router
+from keyservice.keys.router import router as keys_router
+from keyservice.migrate import head_revision
+
+DESCRIPTION = """
+keyservice issues, verifies, rate-limits and meters API keys for your product's API.
+
+**Authentication.** Every `/v1` route takes a keyservice key in `Authorization: Bearer <key>`,
+`Authorization: <key>` or `x-api-key: <key>`; never in a URL. Management routes need keyservice's
+own scopes (`keyservice:keys:write`, ...) and, for a user's key, a role that allows them: owners
+and admins manage, members read.
+
+**Errors** are RFC 9457 `application/problem+json` objects whose `type` is stable per error.
+"""
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whether declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = HTTPException(413, f"The request body exceeds {self.limit} bytes")
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                response = problem_response(
+                    Request(scope),
+                    status=413,
+                    type_uri=PayloadTooLarge.type_uri(),
+                    title=PayloadTooLarge.title,
+                    detail=too_large.detail,
+                )
+                await response(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # An HTTPException passes through FastAPI's body parsing to the 413 handler.
+                    raise too_large
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+) -> FastAPI:
+    """Build the ASGI app. With ``sessionmaker`` the caller owns the database (tests do);
+    otherwise the app's lifespan opens and closes its own engine."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if sessionmaker is not None:
+            yield
+            return
+        engine = create_engine(settings)
+        app.state.sessionmaker = create_sessionmaker(engine)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="keyservice",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    original_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problem_media_types(original_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.state.settings = settings
+    app.state.head_revision = head_revision()
+    if sessionmaker is not None:
+        app.state.sessionmaker = sessionmaker
+
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    for router in (
+        health_router,
+        accounts_router,
+        applications_router,
+        keys_router,
+        audit_router,
+    ):
+        app.include_router(router)
+    return app

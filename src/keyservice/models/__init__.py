@@ -1,0 +1,23 @@
+"""Every table, and the shared declarative base (one import for Alembic)."""
+
+from keyservice.models.account import Account
+from keyservice.models.api_key import ApiKey, KeyKind, KeyStatus
+from keyservice.models.application import Application
+from keyservice.models.audit_event import AuditEvent
+from keyservice.models.base import Base, utcnow
+from keyservice.models.membership import Membership, Role
+from keyservice.models.user import User
+
+__all__ = [
+    "Account",
+    "ApiKey",
+    "Application",
+    "AuditEvent",
+    "Base",
+    "KeyKind",
+    "KeyStatus",
+    "Membership",
+    "Role",
+    "User",
+    "utcnow",
+]

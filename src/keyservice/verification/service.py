@@ -1,0 +1,177 @@
+"""Key lookup and checks: the one code path behind keyservice's own API and, later, ``/verify``.
+
+``lookup`` turns a key hash into a ``KeyRecord``, an immutable snapshot of everything verification
+needs (so that it can be cached), and ``authenticate`` checks it against the presented secret and
+the clock. ``resolve`` then picks the account the request acts on and the rights the key has there.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice import scopes as scope_rules
+from keyservice.errors import (
+    AccountForbidden,
+    AccountRequired,
+    ExpiredKey,
+    InsufficientRole,
+    InsufficientScope,
+    RevokedKey,
+    UnknownKey,
+)
+from keyservice.models import ApiKey, Application, KeyKind, Membership, Role
+from keyservice.security import Environment
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What verification knows of a key; immutable, so it can be shared from a cache."""
+
+    id: uuid.UUID
+    kind: KeyKind
+    name: str
+    environment: Environment
+    account_id: uuid.UUID | None
+    application_id: uuid.UUID | None
+    user_id: uuid.UUID | None
+    # The key's scopes as its application's permissions allow them today.
+    scopes: frozenset[str]
+    key_hash: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    previous_hash: str | None
+    previous_expires_at: datetime | None
+    # For a user's key: the user's role in each account.
+    roles: Mapping[uuid.UUID, Role] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A verified key acting on one account."""
+
+    key: KeyRecord
+    account_id: uuid.UUID
+    # The user's role there, for a user's key; None for an application's key.
+    role: Role | None
+    scopes: frozenset[str]
+    grace: bool
+    client_address: str | None = None
+
+    @property
+    def user_id(self) -> uuid.UUID | None:
+        return self.key.user_id
+
+    def allows(self, scope: str) -> bool:
+        return scope_rules.covers(self.scopes, scope)
+
+    def require(self, *required: str) -> None:
+        for scope in required:
+            if self.allows(scope):
+                continue
+            if self.role is not None and scope_rules.covers(self.key.scopes, scope):
+                raise InsufficientRole(
+                    f"The {self.role.value} role does not allow {scope!r}",
+                    scope=scope,
+                    role=self.role.value,
+                )
+            raise InsufficientScope(f"The key lacks the scope {scope!r}", scope=scope)
+
+
+async def lookup(session: AsyncSession, key_hash: str) -> KeyRecord | None:
+    """One indexed SELECT by current or previous (rotation grace) hash, plus roles for a user."""
+    row = (
+        await session.execute(
+            select(ApiKey, Application.permissions)
+            .outerjoin(Application, Application.id == ApiKey.application_id)
+            .where(or_(ApiKey.key_hash == key_hash, ApiKey.previous_hash == key_hash))
+        )
+    ).first()
+    if row is None:
+        return None
+    key, permissions = row
+    scopes = frozenset(key.scopes)
+    if permissions is not None:
+        scopes = scope_rules.intersect(scopes, permissions)
+    roles: dict[uuid.UUID, Role] = {}
+    if key.user_id is not None:
+        memberships = await session.execute(
+            select(Membership.account_id, Membership.role).where(Membership.user_id == key.user_id)
+        )
+        roles = dict(memberships.all())
+    return KeyRecord(
+        id=key.id,
+        kind=key.kind,
+        name=key.name,
+        environment=key.environment,
+        account_id=key.account_id,
+        application_id=key.application_id,
+        user_id=key.user_id,
+        scopes=scopes,
+        key_hash=key.key_hash,
+        expires_at=key.expires_at,
+        revoked_at=key.revoked_at,
+        previous_hash=key.previous_hash,
+        previous_expires_at=key.previous_expires_at,
+        roles=roles,
+    )
+
+
+def authenticate(record: KeyRecord, presented_hash: str, now: datetime) -> bool:
+    """Raise unless the key is usable now; return whether it is a rotated secret in its grace."""
+    if record.revoked_at is not None:
+        raise RevokedKey()
+    if record.expires_at is not None and record.expires_at <= now:
+        raise ExpiredKey()
+    if presented_hash == record.key_hash:
+        return False
+    if record.previous_expires_at is not None and now < record.previous_expires_at:
+        return True
+    # A rotated-out secret past its grace period is simply not a key any more.
+    raise UnknownKey()
+
+
+def resolve(
+    record: KeyRecord,
+    *,
+    account_id: uuid.UUID | None,
+    catalogue: tuple[str, ...],
+    grace: bool,
+    client_address: str | None = None,
+) -> Principal:
+    """Pick the account the request acts on, and the key's rights there."""
+    if record.account_id is not None:
+        if account_id is not None and account_id != record.account_id:
+            raise AccountForbidden()
+        return Principal(
+            key=record,
+            account_id=record.account_id,
+            role=None,
+            scopes=record.scopes,
+            grace=grace,
+            client_address=client_address,
+        )
+    if account_id is None:
+        if len(record.roles) != 1:
+            if not record.roles:
+                raise AccountForbidden("The key's user belongs to no account")
+            raise AccountRequired(
+                "The key's user belongs to several accounts: name one with account_id"
+            )
+        (account_id,) = record.roles
+    role = record.roles.get(account_id)
+    if role is None:
+        raise AccountForbidden()
+    return Principal(
+        key=record,
+        account_id=account_id,
+        role=role,
+        scopes=scope_rules.role_scopes(role, record.scopes, catalogue),
+        grace=grace,
+        client_address=client_address,
+    )

@@ -1,0 +1,182 @@
+"""Test harness: every test runs on SQLite and on PostgreSQL, against a schema built by the
+migrations, inside a transaction that is rolled back afterwards (SQLAlchemy's "joining a session
+into an external transaction" recipe). No mocks of the database or of HTTP between our parts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from keyservice import migrate
+from keyservice.config import Settings
+from keyservice.db import create_engine
+from keyservice.main import create_app
+
+POSTGRES_URL = os.environ.get(
+    "KEYSERVICE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _postgres_reachable() -> str | None:
+    try:
+        connection = await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL), timeout=3)
+    except (OSError, asyncpg.PostgresError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    await connection.close()
+    return None
+
+
+class PostgresDatabases:
+    """Creates throw-away databases on the test server and drops them at the end."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    async def create(self) -> str:
+        name = f"keyservice_test_{uuid.uuid4().hex[:12]}"
+        connection = await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL))
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+        self.created.append(name)
+        return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    async def drop_all(self) -> None:
+        connection = await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL))
+        try:
+            for name in self.created:
+                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+
+@pytest.fixture(scope="session")
+async def postgres_databases() -> AsyncIterator[PostgresDatabases]:
+    databases = PostgresDatabases()
+    yield databases
+    if databases.created:
+        await databases.drop_all()
+
+
+@pytest.fixture(scope="session")
+def require_postgres() -> None:
+    # A sync fixture runs while no event loop is running, so a loop of its own is fine here.
+    problem = asyncio.run(_postgres_reachable())
+    if problem is None:
+        return
+    message = (
+        f"PostgreSQL is not reachable at {POSTGRES_URL.split('@')[-1]} ({problem}); "
+        "set KEYSERVICE_TEST_POSTGRES_URL to run the PostgreSQL half of the suite"
+    )
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings(_env_file=None, mode="development", database_url=None)
+
+
+@pytest.fixture
+async def fresh_database_url(
+    backend: str, tmp_path: Path, postgres_databases: PostgresDatabases
+) -> str:
+    """A new, empty database of the current backend, for tests that need real commits."""
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+    return await postgres_databases.create()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        request.getfixturevalue("require_postgres")
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+async def engine(
+    backend: str,
+    settings: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_databases: PostgresDatabases,
+) -> AsyncIterator[AsyncEngine]:
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+    else:
+        url = await postgres_databases.create()
+    await migrate.upgrade(settings, url)
+    engine = create_engine(settings, url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        yield connection
+        if transaction.is_active:
+            await transaction.rollback()
+
+
+@pytest.fixture
+def sessionmaker(connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(
+        bind=connection,
+        expire_on_commit=False,
+        autoflush=False,
+        join_transaction_mode="create_savepoint",
+    )
+
+
+@pytest.fixture
+async def session(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    async with sessionmaker() as session:
+        yield session
+
+
+@pytest.fixture
+def app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> FastAPI:
+    return create_app(settings, sessionmaker=sessionmaker)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://keyservice.test") as client:
+        yield client
+
+
+class StatementCounter:
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def __call__(self, _conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        self.statements.append(statement)
+
+
+@pytest.fixture
+def sql_statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The SQL statements the test's code sends, in order."""
+    counter = StatementCounter()
+    event.listen(engine.sync_engine, "before_cursor_execute", counter)
+    yield counter.statements
+    event.remove(engine.sync_engine, "before_cursor_execute", counter)

@@ -1,0 +1,106 @@
+"""Small async factories: data for a test in one call, through the services themselves."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.accounts import service as accounts_service
+from keyservice.keys import service as keys_service
+from keyservice.models import Account, KeyKind, Membership, Role, User
+from keyservice.security import Environment
+
+
+@dataclass
+class Tenant:
+    account: Account
+    owner: User
+    owner_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return auth(self.owner_key)
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def create_tenant(session: AsyncSession, name: str = "Acme CRM") -> Tenant:
+    account, user, secret = await accounts_service.bootstrap(
+        session,
+        account_name=name,
+        owner_email=f"owner-{uuid.uuid4().hex[:8]}@example.com",
+        password=None,
+        key_prefix="ks",
+    )
+    await session.commit()
+    return Tenant(account=account, owner=user, owner_key=secret)
+
+
+async def create_user(
+    session: AsyncSession,
+    *,
+    accounts: dict[uuid.UUID, Role],
+    email: str | None = None,
+) -> User:
+    user = User(email=email or f"user-{uuid.uuid4().hex[:8]}@example.com")
+    session.add(user)
+    await session.flush()
+    for account_id, role in accounts.items():
+        session.add(Membership(account_id=account_id, user_id=user.id, role=role))
+    await session.commit()
+    return user
+
+
+async def create_personal_key(
+    session: AsyncSession,
+    user: User,
+    *,
+    scopes: list[str],
+    expires_at: datetime | None = None,
+    environment: Environment = Environment.live,
+) -> str:
+    key, secret = keys_service.new_key(
+        prefix="ks",
+        kind=KeyKind.personal,
+        name="personal",
+        environment=environment,
+        scopes=scopes,
+        expires_at=expires_at,
+        user_id=user.id,
+    )
+    session.add(key)
+    await session.commit()
+    return secret
+
+
+async def create_application(
+    client: httpx.AsyncClient, tenant: Tenant, **fields: Any
+) -> dict[str, Any]:
+    body = {
+        "name": "Zapier sync",
+        "developer_email": "dev@partner.example",
+        "permissions": ["contacts:read", "contacts:write", "deals:*"],
+    } | fields
+    response = await client.post("/v1/applications", json=body, headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+async def create_key(
+    client: httpx.AsyncClient, tenant: Tenant, application_id: str, **fields: Any
+) -> dict[str, Any]:
+    body = {"name": "Production Integration", "scopes": ["contacts:read"]} | fields
+    response = await client.post(
+        f"/v1/applications/{application_id}/keys", json=body, headers=tenant.headers
+    )
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = response.json()
+    return data

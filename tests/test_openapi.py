@@ -1,0 +1,34 @@
+"""The committed OpenAPI document is what integrators read: it must match the code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from keyservice.config import Settings
+from keyservice.main import create_app
+
+DOCUMENT = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
+
+
+def _generated() -> dict[str, object]:
+    return create_app(Settings(_env_file=None)).openapi()
+
+
+def test_committed_document_is_current() -> None:
+    committed = json.loads(DOCUMENT.read_text())
+    assert committed == _generated(), "openapi/openapi.json is stale: run `make openapi`"
+
+
+def test_every_protected_route_documents_its_errors() -> None:
+    paths = _generated()["paths"]
+    assert isinstance(paths, dict)
+    for path, operations in paths.items():
+        if not path.startswith("/v1/") or path == "/v1/scopes":
+            continue
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            for status in ("401", "403"):
+                assert status in responses, f"{method.upper()} {path} does not list {status}"
+                content = responses[status]["content"]
+                assert "application/problem+json" in content
