@@ -1,0 +1,90 @@
+"""What a newcomer sees: `keyservice serve` on an empty database migrates, prints a first owner
+key once with a curl to try, and serves; `keyservice bootstrap` does the same on demand."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+KEY_RE = re.compile(r"ks_live_[0-9A-Za-z]{38}")
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
+    env["KEYSERVICE_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'keyservice.db'}"
+    return env
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keyservice", *args],
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_on_an_empty_database_prints_a_working_first_key(tmp_path: Path) -> None:
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "keyservice", "serve", "--port", str(port)],
+            env=_env(tmp_path),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        output = log.read_text()
+        [key] = KEY_RE.findall(output.split("Try it")[0])
+        assert f'curl -s {base}/v1/account -H "Authorization: Bearer {key}"' in output
+        response = httpx.get(f"{base}/v1/account", headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 200
+        assert response.json()["name"] == "My company"
+        assert httpx.get(f"{base}/docs").status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    # The key is printed to the terminal, never through a log line.
+    assert not [line for line in output.splitlines() if key in line and "INFO" in line]
+
+    # A second start finds the account and prints no key.
+    assert not KEY_RE.search(_cli(tmp_path, "bootstrap", "--if-empty").stdout)
+
+
+def test_bootstrap_on_demand_creates_another_account(tmp_path: Path) -> None:
+    _cli(tmp_path, "migrate")
+    first = KEY_RE.findall(_cli(tmp_path, "bootstrap", "--email", "a@example.com").stdout)
+    second = KEY_RE.findall(
+        _cli(tmp_path, "bootstrap", "--email", "b@example.com", "--account-name", "B").stdout
+    )
+    assert len(first) >= 1
+    assert len(second) >= 1
+    assert first[0] != second[0]

@@ -1,0 +1,93 @@
+"""Every error is an RFC 9457 problem: no HTML, no stack trace, no echo of what was sent."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from factories import create_tenant
+
+
+def _is_problem(response: httpx.Response, status: int, slug: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["type"] == f"urn:keyservice:problem:{slug}"
+    assert problem["status"] == status
+    assert problem["title"]
+    assert "Traceback" not in response.text
+
+
+async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
+    _is_problem(await client.get("/v1/nothing-here"), 404, "not-found")
+    _is_problem(await client.put("/healthz"), 405, "method-not-allowed")
+
+
+async def test_malformed_json_is_422_without_echo(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    tenant = await create_tenant(session)
+    response = await client.post(
+        "/v1/applications",
+        headers=tenant.headers | {"content-type": "application/json"},
+        content=b'{"name": "secret-value-123", ',
+    )
+    _is_problem(response, 422, "validation-error")
+    assert "secret-value-123" not in response.text
+
+
+async def test_wrong_types_are_422_naming_the_field(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    tenant = await create_tenant(session)
+    response = await client.post(
+        "/v1/applications",
+        headers=tenant.headers,
+        json={"name": ["not", "a", "string"], "developer_email": "dev@example.com"},
+    )
+    _is_problem(response, 422, "validation-error")
+    assert response.json()["errors"][0]["loc"] == ["body", "name"]
+    assert "input" not in response.json()["errors"][0]
+
+
+async def test_oversized_bodies_are_413(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    tenant = await create_tenant(session)
+    big = {"name": "x", "developer_email": "a@example.com", "description": "x" * 70_000}
+    _is_problem(
+        await client.post("/v1/applications", headers=tenant.headers, json=big),
+        413,
+        "payload-too-large",
+    )
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"x" * 8192
+
+    # Streamed without a Content-Length: counted as it arrives.
+    response = await client.post(
+        "/v1/applications",
+        headers=tenant.headers | {"content-type": "application/json"},
+        content=chunks(),
+    )
+    _is_problem(response, 413, "payload-too-large")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"limit": "101"}, {"limit": "0"}, {"limit": "many"}, {"cursor": "not-a-cursor"}],
+)
+async def test_page_parameters_are_bounded(
+    client: httpx.AsyncClient, session: AsyncSession, params: dict[str, str]
+) -> None:
+    tenant = await create_tenant(session)
+    response = await client.get("/v1/keys", params=params, headers=tenant.headers)
+    _is_problem(response, 422, "validation-error")
+
+
+async def test_malformed_path_ids_are_422(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    tenant = await create_tenant(session)
+    response = await client.get("/v1/keys/not-a-uuid", headers=tenant.headers)
+    _is_problem(response, 422, "validation-error")
