@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -160,8 +160,7 @@ def app(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> F
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://keyservice.test") as client:
+    async with client_for(app) as client:
         yield client
 
 
@@ -180,3 +179,20 @@ def sql_statements(engine: AsyncEngine) -> Iterator[list[str]]:
     event.listen(engine.sync_engine, "before_cursor_execute", counter)
     yield counter.statements
     event.remove(engine.sync_engine, "before_cursor_execute", counter)
+
+
+@pytest.fixture
+def make_app(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> Callable[..., FastAPI]:
+    """An app on the test's transaction with some settings changed."""
+
+    def make(**overrides: object) -> FastAPI:
+        return create_app(settings.model_copy(update=overrides), sessionmaker=sessionmaker)
+
+    return make
+
+
+def client_for(app: FastAPI, address: str = "203.0.113.7") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(address, 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://keyservice.test")

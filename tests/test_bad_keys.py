@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -49,7 +50,9 @@ async def test_well_formed_unknown_key(client: httpx.AsyncClient) -> None:
     assert response.json()["type"] == "urn:keyservice:problem:unknown-key"
 
 
-async def test_expired_key_is_refused(client: httpx.AsyncClient, session: AsyncSession) -> None:
+async def test_expired_key_is_refused(
+    client: httpx.AsyncClient, session: AsyncSession, app: FastAPI
+) -> None:
     tenant = await create_tenant(session)
     application = await create_application(
         client, tenant, permissions=["keyservice:applications:read"]
@@ -59,15 +62,18 @@ async def test_expired_key_is_refused(client: httpx.AsyncClient, session: AsyncS
     )
     assert (await client.get("/v1/applications", headers=auth(created["key"]))).status_code == 200
 
+    # Thirty days later, the cached key is refused without anyone touching it.
+    app.state.verifier.clock = lambda: utcnow() + timedelta(days=30, seconds=1)
+    response = await client.get("/v1/applications", headers=auth(created["key"]))
+    assert response.status_code == 401
+    assert response.json()["type"] == "urn:keyservice:problem:expired-key"
+
+    app.state.verifier.clock = utcnow
     await session.execute(
         update(ApiKey)
         .where(ApiKey.id == uuid.UUID(created["id"]))
         .values(expires_at=utcnow() - timedelta(seconds=1))
     )
     await session.commit()
-    response = await client.get("/v1/applications", headers=auth(created["key"]))
-    assert response.status_code == 401
-    assert response.json()["type"] == "urn:keyservice:problem:expired-key"
-
     listed = (await client.get(f"/v1/keys/{created['id']}", headers=tenant.headers)).json()
     assert listed["status"] == "expired"

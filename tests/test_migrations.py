@@ -10,7 +10,15 @@ from keyservice.config import Settings
 from keyservice.db import create_engine
 from keyservice.models import Base
 
-TABLES = {"accounts", "users", "memberships", "applications", "api_keys", "audit_events"}
+TABLES = {
+    "accounts",
+    "users",
+    "memberships",
+    "applications",
+    "api_keys",
+    "audit_events",
+    "login_throttles",
+}
 
 
 async def _tables(settings: Settings, url: str) -> set[str]:

@@ -90,6 +90,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     settings = get_settings()
+    if settings.is_sqlite and args.workers > 1:
+        # Each worker has its own key cache, and SQLite has no NOTIFY to keep them in step: a
+        # revoked key could go on verifying in another worker until the cache's TTL.
+        sys.exit("keyservice: SQLite serves one worker; use PostgreSQL for more")
     if settings.mode is Mode.development:
         if settings.is_sqlite:
             _migrate(settings, "head")

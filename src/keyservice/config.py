@@ -46,6 +46,32 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
 
+    # Verification
+    cache_max_entries: int = Field(default=100_000, ge=0, description="0 disables the cache.")
+    cache_ttl_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Backstop only: changes reach every instance's cache through invalidations.",
+    )
+    verify_requires_auth: bool = Field(
+        default=False,
+        description="Require callers of POST /v1/verify to send their own key, holding "
+        "keyservice:verify, in the request headers (the key to check then goes in the body).",
+    )
+    verify_failures_per_minute: int = Field(
+        default=60,
+        ge=0,
+        description="Failed verifications (malformed or unknown keys) a client address may make "
+        "per minute, with as much burst, before it is refused; 0 disables the check.",
+    )
+    verify_block_seconds: int = Field(default=60, ge=1)
+
+    # Console sessions and logins
+    session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
+    login_failures_per_email: int = Field(default=5, ge=1)
+    login_failures_per_address: int = Field(default=20, ge=1)
+    login_failure_window_seconds: int = Field(default=15 * 60, ge=1)
+
     @field_validator("scopes", mode="before")
     @classmethod
     def _split_scopes(cls, value: object) -> object:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from keyservice.config import Settings
+from keyservice.verification.cache import apply_committed, discard_pending
 
 
 def _configure_sqlite(engine: AsyncEngine, *, foreign_keys: bool) -> None:
@@ -52,6 +54,13 @@ def create_engine(
     )
 
 
+def upsert(session: AsyncSession, table: Any) -> Any:
+    """``INSERT ... ON CONFLICT`` for the session's backend (both dialects share the API)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
@@ -63,10 +72,13 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         try:
             yield session
         except BaseException:
+            discard_pending(session)
             await session.rollback()
             raise
         else:
             await session.commit()
+            # This instance forgets changed keys now; the others learn through NOTIFY.
+            apply_committed(session, request.app.state.key_cache)
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -27,6 +27,8 @@ class KeyServiceError(Exception):
     status: ClassVar[int] = 500
     slug: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal server error"
+    # The machine-readable answer of POST /v1/verify when verification fails this way.
+    code: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -79,21 +81,31 @@ class MissingKey(Unauthorized):
 class MalformedKey(Unauthorized):
     slug = "malformed-key"
     title = "The API key is malformed"
+    code = "MALFORMED"
 
 
 class UnknownKey(Unauthorized):
     slug = "unknown-key"
     title = "The API key is not valid"
+    code = "NOT_FOUND"
 
 
 class RevokedKey(Unauthorized):
     slug = "revoked-key"
     title = "The API key has been revoked"
+    code = "REVOKED"
 
 
 class ExpiredKey(Unauthorized):
     slug = "expired-key"
     title = "The API key has expired"
+    code = "EXPIRED"
+
+
+class InvalidCredentials(KeyServiceError):
+    status = 401
+    slug = "invalid-credentials"
+    title = "The email or the password is not correct"
 
 
 class Forbidden(KeyServiceError):
@@ -105,21 +117,25 @@ class Forbidden(KeyServiceError):
 class InsufficientScope(Forbidden):
     slug = "insufficient-scope"
     title = "The API key lacks a required scope"
+    code = "INSUFFICIENT_SCOPE"
 
 
 class InsufficientRole(Forbidden):
     slug = "insufficient-role"
     title = "The user's role in this account does not allow this"
+    code = "INSUFFICIENT_SCOPE"
 
 
 class AccountRequired(BadRequest):
     slug = "account-required"
     title = "This key reaches several accounts: name one"
+    code = "ACCOUNT_REQUIRED"
 
 
 class AccountForbidden(Forbidden):
     slug = "account-forbidden"
     title = "This key does not reach that account"
+    code = "ACCOUNT_FORBIDDEN"
 
 
 class NotFound(KeyServiceError):
@@ -144,6 +160,20 @@ class PayloadTooLarge(KeyServiceError):
     status = 413
     slug = "payload-too-large"
     title = "Request body too large"
+
+
+class TooManyRequests(KeyServiceError):
+    status = 429
+    slug = "too-many-requests"
+    title = "Too many requests"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int, **extensions: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)}, **extensions)
+
+
+class TooManyFailures(TooManyRequests):
+    slug = "too-many-failures"
+    title = "Too many failed attempts from this client; try again later"
 
 
 class UnsupportedMediaType(KeyServiceError):

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyservice import __version__
 from keyservice.accounts.router import router as accounts_router
+from keyservice.accounts.router import sessions_router
 from keyservice.applications.router import router as applications_router
 from keyservice.audit.router import router as audit_router
 from keyservice.config import Settings, get_settings
@@ -26,6 +27,9 @@ from keyservice.errors import (
 from keyservice.health import router as health_router
 from keyservice.keys.router import router as keys_router
 from keyservice.migrate import head_revision
+from keyservice.verification.cache import KeyCache, Listener
+from keyservice.verification.router import router as verification_router
+from keyservice.verification.verifier import Verifier
 
 DESCRIPTION = """
 keyservice issues, verifies, rate-limits and meters API keys for your product's API.
@@ -83,8 +87,10 @@ def create_app(
     sessionmaker: async_sessionmaker[AsyncSession] | None = None,
 ) -> FastAPI:
     """Build the ASGI app. With ``sessionmaker`` the caller owns the database (tests do);
-    otherwise the app's lifespan opens and closes its own engine."""
+    otherwise the app's lifespan opens and closes its own engine and, on PostgreSQL, listens for
+    key invalidations from the other instances."""
     settings = settings or get_settings()
+    cache = KeyCache(max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,9 +99,15 @@ def create_app(
             return
         engine = create_engine(settings)
         app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.verifier = Verifier(settings, app.state.sessionmaker, cache)
+        listener = Listener(engine.url, cache) if engine.dialect.name == "postgresql" else None
         try:
+            if listener is not None:
+                await listener.start()
             yield
         finally:
+            if listener is not None:
+                await listener.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -114,14 +126,18 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.head_revision = head_revision()
+    app.state.key_cache = cache
     if sessionmaker is not None:
         app.state.sessionmaker = sessionmaker
+        app.state.verifier = Verifier(settings, sessionmaker, cache)
 
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     for router in (
         health_router,
+        verification_router,
         accounts_router,
+        sessions_router,
         applications_router,
         keys_router,
         audit_router,

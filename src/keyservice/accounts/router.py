@@ -1,26 +1,48 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Request, status
 
-from keyservice.accounts import service
+from keyservice.accounts import service, sessions
 from keyservice.accounts.schemas import (
+    AccountMembership,
     AccountOut,
     AccountUpdate,
+    LoginRequest,
     MemberCreate,
     MemberOut,
     MemberUpdate,
+    SessionCreated,
+    UserOut,
 )
+from keyservice.config import SettingsDep
 from keyservice.db import SessionDep
-from keyservice.errors import Conflict, Forbidden, NotFound, responses
-from keyservice.models import Membership
+from keyservice.errors import (
+    Conflict,
+    Forbidden,
+    InvalidCredentials,
+    NotFound,
+    TooManyRequests,
+    ValidationFailed,
+    responses,
+)
+from keyservice.models import Account, Membership, User
 from keyservice.pagination import Page, PageDep
-from keyservice.verification.dependency import AUTH_ERRORS, require
-from keyservice.verification.service import Principal
+from keyservice.scopes import catalogue
+from keyservice.verification.dependency import (
+    AUTH_ERRORS,
+    USER_AUTH_ERRORS,
+    client_address,
+    require,
+    require_user,
+)
+from keyservice.verification.service import Principal, UserPrincipal
 
 router = APIRouter(prefix="/v1/account", tags=["account"])
+sessions_router = APIRouter(tags=["sessions"])
 
 AccountReader = Annotated[Principal, Depends(require("keyservice:account:read"))]
 AccountWriter = Annotated[Principal, Depends(require("keyservice:account:write"))]
@@ -109,3 +131,69 @@ async def remove_member(session: SessionDep, actor: MemberWriter, user_id: uuid.
     """Remove a user from the account; their personal keys stop reaching it. The last owner
     cannot be removed."""
     await service.remove_member(session, actor, user_id=user_id)
+
+
+UserKey = Annotated[UserPrincipal, Depends(require_user())]
+
+
+def _user(user: User, memberships: Sequence[tuple[Membership, Account]]) -> UserOut:
+    return UserOut(
+        id=user.id,
+        email=user.email,
+        accounts=[
+            AccountMembership(account_id=account.id, name=account.name, role=membership.role)
+            for membership, account in memberships
+        ],
+    )
+
+
+@sessions_router.post(
+    "/v1/sessions",
+    status_code=status.HTTP_201_CREATED,
+    responses=responses(InvalidCredentials, ValidationFailed, TooManyRequests),
+)
+async def create_session(
+    request: Request, session: SessionDep, settings: SettingsDep, body: LoginRequest
+) -> SessionCreated:
+    """Log in with email and password for a short-lived session key (for a console).
+
+    The key carries the user's rights in each of their accounts (name one with `X-Account-Id`
+    when there are several). A wrong email and a wrong password get the same answer; repeated
+    failures for an email or from an address get 429 with `Retry-After`.
+    """
+    try:
+        login = await sessions.login(
+            session,
+            email=str(body.email),
+            password=body.password,
+            client_address=client_address(request),
+            settings=settings,
+            catalogue=catalogue(settings.scopes),
+        )
+    except InvalidCredentials:
+        # The failure must count although the request fails (and its transaction would roll back).
+        await session.commit()
+        raise
+    assert login.key.expires_at is not None
+    return SessionCreated(
+        key=login.secret,
+        expires_at=login.key.expires_at,
+        user=_user(login.user, login.memberships),
+    )
+
+
+@sessions_router.delete(
+    "/v1/sessions/current",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=responses(*USER_AUTH_ERRORS),
+)
+async def end_session(session: SessionDep, actor: UserKey) -> None:
+    """Log out: the calling session key stops working at once, everywhere."""
+    await sessions.end_session(session, actor)
+
+
+@sessions_router.get("/v1/users/me", tags=["users"], responses=responses(*USER_AUTH_ERRORS))
+async def get_me(session: SessionDep, actor: UserKey) -> UserOut:
+    """The user behind a personal or session key, and their accounts and roles."""
+    user, memberships = await service.user_accounts(session, actor.user_id)
+    return _user(user, memberships)

@@ -82,3 +82,65 @@ class MemberUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"role": "member"}]})
 
     role: Role
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"email": "dana@example.com", "password": "correct horse battery"}]
+        },
+    )
+
+    email: EmailStr
+    password: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class AccountMembership(BaseModel):
+    account_id: uuid.UUID
+    name: str
+    role: Role
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "7b6a5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d",
+                    "email": "dana@example.com",
+                    "accounts": [
+                        {
+                            "account_id": "2d7f1c3e-5a4b-4c8d-9e0f-1a2b3c4d5e6f",
+                            "name": "Acme CRM",
+                            "role": "admin",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    id: uuid.UUID
+    email: str
+    accounts: list[AccountMembership]
+
+
+class SessionCreated(BaseModel):
+    """A console session: its key carries the user's rights in each of their accounts."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "key": "ks_live_4eC39HqLyjWDarjtT1zdp7dc3jd9Qk1aBcDeFg",
+                    "expires_at": "2026-11-21T20:00:00Z",
+                    "user": UserOut.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+                }
+            ]
+        }
+    )
+
+    key: str = Field(description="The session key, shown once. Send it like any other key.")
+    expires_at: datetime
+    user: UserOut

@@ -13,6 +13,7 @@ from keyservice.errors import Conflict, Forbidden, NotFound
 from keyservice.models import Account, AuditEvent, KeyKind, Membership, Role, User
 from keyservice.pagination import PageParams, paginate
 from keyservice.security import Environment
+from keyservice.verification.cache import Target, invalidate
 from keyservice.verification.service import Principal
 
 
@@ -114,6 +115,7 @@ async def add_member(
     membership = Membership(account_id=actor.account_id, user_id=user.id, role=role, user=user)
     session.add(membership)
     await session.flush()
+    await invalidate(session, Target("user", user.id))
     await audit.record(
         session,
         actor,
@@ -140,6 +142,7 @@ async def change_role(
     old = membership.role
     membership.role = role
     await session.flush()
+    await invalidate(session, Target("user", user_id))
     await audit.record(
         session,
         actor,
@@ -161,6 +164,7 @@ async def remove_member(session: AsyncSession, actor: Principal, *, user_id: uui
         raise Conflict("The account's last owner cannot be removed")
     await session.delete(membership)
     await session.flush()
+    await invalidate(session, Target("user", user_id))
     await audit.record(
         session,
         actor,
@@ -219,3 +223,20 @@ async def bootstrap(
 
 async def has_accounts(session: AsyncSession) -> bool:
     return (await session.scalar(select(Account.id).limit(1))) is not None
+
+
+async def user_accounts(
+    session: AsyncSession, user_id: uuid.UUID
+) -> tuple[User, Sequence[tuple[Membership, Account]]]:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound("User not found")
+    rows = (
+        await session.execute(
+            select(Membership, Account)
+            .join(Account, Account.id == Membership.account_id)
+            .where(Membership.user_id == user_id)
+            .order_by(Account.name)
+        )
+    ).all()
+    return user, rows

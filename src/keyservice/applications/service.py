@@ -12,6 +12,7 @@ from keyservice.audit import service as audit
 from keyservice.errors import NotFound
 from keyservice.models import Application
 from keyservice.pagination import PageParams, paginate
+from keyservice.verification.cache import Target, invalidate
 from keyservice.verification.service import Principal
 
 
@@ -86,6 +87,8 @@ async def update_application(
     for field, change in changed.items():
         setattr(application, field, change["to"])
     await session.flush()
+    if "permissions" in changed:
+        await invalidate(session, Target("application", application.id))
     await audit.record(
         session,
         actor,
@@ -106,6 +109,7 @@ async def delete_application(
     )
     await session.delete(application)
     await session.flush()
+    await invalidate(session, Target("application", application_id))
     await audit.record(
         session,
         actor,

@@ -9,12 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.models import AuditEvent
 from keyservice.pagination import PageParams, paginate
-from keyservice.verification.service import Principal
+from keyservice.verification.service import Actor
 
 
 async def record(
     session: AsyncSession,
-    actor: Principal,
+    actor: Actor,
     *,
     action: str,
     target_type: str,

@@ -1,26 +1,45 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
 from keyservice.config import SettingsDep
 from keyservice.db import SessionDep
-from keyservice.errors import InvalidScope, NotFound, responses
+from keyservice.errors import Conflict, InvalidScope, NotFound, responses
 from keyservice.keys import service
-from keyservice.keys.schemas import KeyCreate, KeyCreated, KeyOut, KeyUpdate
-from keyservice.models import ApiKey, KeyStatus, utcnow
+from keyservice.keys.schemas import (
+    KeyCreate,
+    KeyCreated,
+    KeyOut,
+    KeyRotate,
+    KeyUpdate,
+    PersonalKeyCreate,
+)
+from keyservice.models import ApiKey, KeyKind, KeyStatus, utcnow
 from keyservice.pagination import Page, PageDep
 from keyservice.scopes import catalogue
 from keyservice.security import Environment
-from keyservice.verification.dependency import AUTH_ERRORS, require
-from keyservice.verification.service import Principal
+from keyservice.verification.dependency import (
+    AUTH_ERRORS,
+    USER_AUTH_ERRORS,
+    require,
+    require_user,
+)
+from keyservice.verification.service import Principal, UserPrincipal
 
 router = APIRouter(tags=["keys"])
 
 KeyReader = Annotated[Principal, Depends(require("keyservice:keys:read"))]
 KeyWriter = Annotated[Principal, Depends(require("keyservice:keys:write"))]
+# A user's own keys: the key must be the user's, and hold the scope itself (whatever the role).
+OwnKeyReader = Annotated[UserPrincipal, Depends(require_user("keyservice:keys:read"))]
+OwnKeyWriter = Annotated[UserPrincipal, Depends(require_user("keyservice:keys:write"))]
+
+EnvironmentFilter = Annotated[Environment | None, Query()]
+StatusFilter = Annotated[KeyStatus | None, Query()]
 
 
 def key_out(key: ApiKey) -> KeyOut:
@@ -41,6 +60,10 @@ def key_out(key: ApiKey) -> KeyOut:
         expires_at=key.expires_at,
         revoked_at=key.revoked_at,
     )
+
+
+def key_created(key: ApiKey, secret: str) -> KeyCreated:
+    return KeyCreated(**key_out(key).model_dump(), key=secret)
 
 
 @router.post(
@@ -72,7 +95,7 @@ async def create_key(
         catalogue=catalogue(settings.scopes),
         prefix=settings.key_prefix,
     )
-    return KeyCreated(**key_out(key).model_dump(), key=secret)
+    return key_created(key, secret)
 
 
 @router.get("/v1/keys", responses=responses(*AUTH_ERRORS))
@@ -80,14 +103,14 @@ async def list_keys(
     session: SessionDep,
     actor: KeyReader,
     page: PageDep,
+    environment: EnvironmentFilter = None,
+    status: StatusFilter = None,
     application_id: Annotated[uuid.UUID | None, Query()] = None,
-    environment: Annotated[Environment | None, Query()] = None,
-    status: Annotated[KeyStatus | None, Query()] = None,
 ) -> Page[KeyOut]:
     """The account's application keys, newest first: name, hint, scopes, dates, status."""
     keys, next_cursor = await service.list_keys(
         session,
-        account_id=actor.account_id,
+        actor,
         page=page,
         application_id=application_id,
         environment=environment,
@@ -99,7 +122,7 @@ async def list_keys(
 @router.get("/v1/keys/{key_id}", responses=responses(*AUTH_ERRORS, NotFound))
 async def get_key(session: SessionDep, actor: KeyReader, key_id: uuid.UUID) -> KeyOut:
     """One key's metadata. The secret is never returned."""
-    return key_out(await service.get_key(session, account_id=actor.account_id, key_id=key_id))
+    return key_out(await service.get_key(session, actor, key_id))
 
 
 @router.patch("/v1/keys/{key_id}", responses=responses(*AUTH_ERRORS, NotFound))
@@ -112,6 +135,118 @@ async def update_key(
 
 @router.post("/v1/keys/{key_id}/revoke", responses=responses(*AUTH_ERRORS, NotFound))
 async def revoke_key(session: SessionDep, actor: KeyWriter, key_id: uuid.UUID) -> KeyOut:
-    """Revoke a key: it stops verifying at once, everywhere. Irreversible; revoking again is a
-    no-op that answers the same."""
+    """Revoke a key: it stops verifying at once, on every instance. Irreversible; revoking
+    again is a no-op that answers the same."""
     return key_out(await service.revoke_key(session, actor, key_id))
+
+
+@router.post("/v1/keys/{key_id}/rotate", responses=responses(*AUTH_ERRORS, NotFound, Conflict))
+async def rotate_key(
+    session: SessionDep,
+    settings: SettingsDep,
+    actor: KeyWriter,
+    key_id: uuid.UUID,
+    body: KeyRotate | None = None,
+) -> KeyCreated:
+    """Give a key a new secret, returned once in `key`. The key keeps its id, name, scopes and
+    history. The old secret stops working at once, or after `grace_period_seconds` (up to 7
+    days) so that integrations can switch without downtime; verifications with it then report
+    `rotated`. Irreversible."""
+    grace = timedelta(seconds=body.grace_period_seconds if body else 0)
+    key, secret = await service.rotate_key(
+        session, actor, key_id, grace=grace, prefix=settings.key_prefix
+    )
+    return key_created(key, secret)
+
+
+@router.post(
+    "/v1/users/me/keys",
+    tags=["users"],
+    status_code=status.HTTP_201_CREATED,
+    responses=responses(*USER_AUTH_ERRORS, InvalidScope),
+)
+async def create_personal_key(
+    session: SessionDep, settings: SettingsDep, actor: OwnKeyWriter, body: PersonalKeyCreate
+) -> KeyCreated:
+    """Issue a personal key for the calling user.
+
+    It reaches every account the user belongs to, with its scopes limited in each by the user's
+    role there (a member's key reads only). Requests with it name the account with `account_id`
+    (or `X-Account-Id`) when the user belongs to several. The secret is in this response only.
+    """
+    key, secret = await service.create_personal_key(
+        session,
+        actor,
+        name=body.name,
+        scopes=body.scopes,
+        environment=body.environment,
+        expires_at=body.expiry(utcnow()),
+        catalogue=catalogue(settings.scopes),
+        prefix=settings.key_prefix,
+    )
+    return key_created(key, secret)
+
+
+@router.get("/v1/users/me/keys", tags=["users"], responses=responses(*USER_AUTH_ERRORS))
+async def list_personal_keys(
+    session: SessionDep,
+    actor: OwnKeyReader,
+    page: PageDep,
+    environment: EnvironmentFilter = None,
+    status: StatusFilter = None,
+) -> Page[KeyOut]:
+    """The calling user's personal keys, newest first."""
+    keys, next_cursor = await service.list_keys(
+        session, actor, page=page, environment=environment, status=status, kind=KeyKind.personal
+    )
+    return Page(data=[key_out(k) for k in keys], next_cursor=next_cursor)
+
+
+@router.get(
+    "/v1/users/me/keys/{key_id}", tags=["users"], responses=responses(*USER_AUTH_ERRORS, NotFound)
+)
+async def get_personal_key(session: SessionDep, actor: OwnKeyReader, key_id: uuid.UUID) -> KeyOut:
+    """One of the calling user's keys."""
+    return key_out(await service.get_key(session, actor, key_id))
+
+
+@router.patch(
+    "/v1/users/me/keys/{key_id}", tags=["users"], responses=responses(*USER_AUTH_ERRORS, NotFound)
+)
+async def update_personal_key(
+    session: SessionDep, actor: OwnKeyWriter, key_id: uuid.UUID, body: KeyUpdate
+) -> KeyOut:
+    """Rename one of the calling user's keys."""
+    return key_out(await service.rename_key(session, actor, key_id, name=body.name))
+
+
+@router.post(
+    "/v1/users/me/keys/{key_id}/revoke",
+    tags=["users"],
+    responses=responses(*USER_AUTH_ERRORS, NotFound),
+)
+async def revoke_personal_key(
+    session: SessionDep, actor: OwnKeyWriter, key_id: uuid.UUID
+) -> KeyOut:
+    """Revoke one of the calling user's keys, at once and everywhere."""
+    return key_out(await service.revoke_key(session, actor, key_id))
+
+
+@router.post(
+    "/v1/users/me/keys/{key_id}/rotate",
+    tags=["users"],
+    responses=responses(*USER_AUTH_ERRORS, NotFound, Conflict),
+)
+async def rotate_personal_key(
+    session: SessionDep,
+    settings: SettingsDep,
+    actor: OwnKeyWriter,
+    key_id: uuid.UUID,
+    body: KeyRotate | None = None,
+) -> KeyCreated:
+    """Give one of the calling user's keys a new secret (see `POST /v1/keys/{key_id}/rotate`)."""
+    grace = timedelta(seconds=body.grace_period_seconds if body else 0)
+    key, secret = await service.rotate_key(
+        session, actor, key_id, grace=grace, prefix=settings.key_prefix
+    )
+    return key_created(key, secret)

@@ -133,3 +133,37 @@ class KeyCreated(KeyOut):
     )
 
     key: str = Field(description="The secret. Store it now: it is never shown again.")
+
+
+class KeyRotate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"grace_period_seconds": 86400}]}
+    )
+
+    grace_period_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="How long the old secret keeps working (0, the default, to 7 days).",
+    )
+
+
+class PersonalKeyCreate(KeyCreate):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "My reporting script",
+                    "scopes": ["reports:read", "deals:read"],
+                    "expires_in": "90d",
+                }
+            ]
+        },
+    )
+
+    scopes: list[Scope] = Field(
+        max_length=100,
+        description="Any scopes of the catalogue; in each account the key is limited by the "
+        "user's role there.",
+    )

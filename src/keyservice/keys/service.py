@@ -1,22 +1,25 @@
-"""Issuing, listing, renaming and revoking keys."""
+"""Issuing, listing, renaming, rotating and revoking keys, of applications and of users."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice import scopes as scope_rules
 from keyservice.applications import service as applications_service
 from keyservice.audit import service as audit
-from keyservice.errors import NotFound
+from keyservice.errors import Conflict, NotFound
 from keyservice.models import ApiKey, KeyKind, KeyStatus, utcnow
 from keyservice.pagination import PageParams, paginate
 from keyservice.security import Environment, generate_key, hash_key, key_hint
-from keyservice.verification.service import Principal
+from keyservice.verification.cache import Target, invalidate
+from keyservice.verification.service import Actor, Principal, UserPrincipal
+
+MAX_GRACE = timedelta(days=7)
 
 
 def new_key(
@@ -30,7 +33,7 @@ def new_key(
     account_id: uuid.UUID | None = None,
     application_id: uuid.UUID | None = None,
     user_id: uuid.UUID | None = None,
-    created_by: Principal | None = None,
+    created_by: Actor | None = None,
 ) -> tuple[ApiKey, str]:
     """A key row and its secret; the secret exists only in the caller's hands from here on."""
     secret = generate_key(prefix, environment)
@@ -51,10 +54,32 @@ def new_key(
     return key, secret
 
 
-def check_grantable(actor: Principal, scopes: Sequence[str]) -> None:
+def check_grantable(actor: Actor, scopes: Sequence[str]) -> None:
     """No escalation: keyservice's own scopes can only be handed on by a key that holds them."""
     own = [s for s in scopes if s.startswith(scope_rules.KEYSERVICE_NAMESPACE)]
     scope_rules.check_within(own, actor.scopes, what="the calling key's own scopes")
+
+
+async def _issue(
+    session: AsyncSession, actor: Actor, key: ApiKey, *, details: dict[str, object]
+) -> None:
+    session.add(key)
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        action="key.created",
+        target_type="api_key",
+        target_id=key.id,
+        details={
+            "name": key.name,
+            "kind": key.kind.value,
+            "environment": key.environment.value,
+            "scopes": key.scopes,
+            "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+            **details,
+        },
+    )
 
 
 async def create_application_key(
@@ -87,39 +112,73 @@ async def create_application_key(
         application_id=application.id,
         created_by=actor,
     )
-    session.add(key)
-    await session.flush()
-    await audit.record(
-        session,
-        actor,
-        action="key.created",
-        target_type="api_key",
-        target_id=key.id,
-        details={
-            "name": name,
-            "application_id": str(application.id),
-            "environment": environment.value,
-            "scopes": scopes,
-            "expires_at": expires_at.isoformat() if expires_at else None,
-        },
-    )
+    await _issue(session, actor, key, details={"application_id": str(application.id)})
     return key, secret
+
+
+async def create_personal_key(
+    session: AsyncSession,
+    actor: UserPrincipal,
+    *,
+    name: str,
+    scopes: Sequence[str],
+    environment: Environment,
+    expires_at: datetime | None,
+    catalogue: tuple[str, ...],
+    prefix: str,
+) -> tuple[ApiKey, str]:
+    """A key of the calling user: its rights in each account are its scopes within the user's
+    role there, so it never exceeds what the user may do."""
+    scopes = list(dict.fromkeys(scopes))
+    scope_rules.check_in_catalogue(scopes, catalogue)
+    check_grantable(actor, scopes)
+    key, secret = new_key(
+        prefix=prefix,
+        kind=KeyKind.personal,
+        name=name,
+        environment=environment,
+        scopes=scopes,
+        expires_at=expires_at,
+        user_id=actor.user_id,
+        created_by=actor,
+    )
+    await _issue(session, actor, key, details={})
+    return key, secret
+
+
+def _owned_by(actor: Actor) -> ColumnElement[bool]:
+    """An account's application keys, or a user's own keys."""
+    if isinstance(actor, UserPrincipal):
+        return ApiKey.user_id == actor.user_id
+    return ApiKey.account_id == actor.account_id
+
+
+async def get_key(session: AsyncSession, actor: Actor, key_id: uuid.UUID) -> ApiKey:
+    key = (
+        await session.scalars(select(ApiKey).where(ApiKey.id == key_id, _owned_by(actor)))
+    ).first()
+    if key is None:
+        raise NotFound("API key not found")
+    return key
 
 
 async def list_keys(
     session: AsyncSession,
+    actor: Actor,
     *,
-    account_id: uuid.UUID,
     page: PageParams,
     application_id: uuid.UUID | None = None,
     environment: Environment | None = None,
     status: KeyStatus | None = None,
+    kind: KeyKind | None = None,
 ) -> tuple[Sequence[ApiKey], str | None]:
-    statement = select(ApiKey).where(ApiKey.account_id == account_id)
+    statement = select(ApiKey).where(_owned_by(actor))
     if application_id is not None:
         statement = statement.where(ApiKey.application_id == application_id)
     if environment is not None:
         statement = statement.where(ApiKey.environment == environment)
+    if kind is not None:
+        statement = statement.where(ApiKey.kind == kind)
     if status is not None:
         now = utcnow()
         not_expired = or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now)
@@ -132,21 +191,15 @@ async def list_keys(
     return await paginate(session, statement, page, created_at=ApiKey.created_at, id_=ApiKey.id)
 
 
-async def get_key(session: AsyncSession, *, account_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
-    key = await session.get(ApiKey, key_id)
-    if key is None or key.account_id != account_id:
-        raise NotFound("API key not found")
-    return key
-
-
 async def rename_key(
-    session: AsyncSession, actor: Principal, key_id: uuid.UUID, *, name: str
+    session: AsyncSession, actor: Actor, key_id: uuid.UUID, *, name: str
 ) -> ApiKey:
-    key = await get_key(session, account_id=actor.account_id, key_id=key_id)
+    key = await get_key(session, actor, key_id)
     if key.name != name:
         old = key.name
         key.name = name
         await session.flush()
+        await invalidate(session, Target("key", key.id))
         await audit.record(
             session,
             actor,
@@ -158,22 +211,66 @@ async def rename_key(
     return key
 
 
-async def revoke_key(session: AsyncSession, actor: Principal, key_id: uuid.UUID) -> ApiKey:
-    """Revoke at once. Revoking a revoked key changes nothing and records nothing."""
+async def revoke_key(session: AsyncSession, actor: Actor, key_id: uuid.UUID) -> ApiKey:
+    """Revoke at once, everywhere. Revoking a revoked key changes nothing and records nothing."""
     now = utcnow()
     # One conditional UPDATE: of two concurrent revocations exactly one records the event.
     revoked = await session.scalar(
         update(ApiKey)
-        .where(
-            ApiKey.id == key_id,
-            ApiKey.account_id == actor.account_id,
-            ApiKey.revoked_at.is_(None),
-        )
+        .where(ApiKey.id == key_id, _owned_by(actor), ApiKey.revoked_at.is_(None))
         .values(revoked_at=now, updated_at=now)
         .returning(ApiKey.id)
     )
     if revoked is not None:
+        await invalidate(session, Target("key", key_id))
         await audit.record(
             session, actor, action="key.revoked", target_type="api_key", target_id=key_id
         )
-    return await get_key(session, account_id=actor.account_id, key_id=key_id)
+    return await get_key(session, actor, key_id)
+
+
+async def rotate_key(
+    session: AsyncSession,
+    actor: Actor,
+    key_id: uuid.UUID,
+    *,
+    grace: timedelta,
+    prefix: str,
+) -> tuple[ApiKey, str]:
+    """Give the key a new secret. The old one dies now, or at the end of ``grace`` (at most 7
+    days); a secret kept from an earlier rotation dies now either way."""
+    key = await get_key(session, actor, key_id)
+    now = utcnow()
+    if key.status_at(now) is not KeyStatus.active:
+        raise Conflict(f"A {key.status_at(now).value} key cannot be rotated")
+    secret = generate_key(prefix, key.environment)
+    keep_old = grace > timedelta(0)
+    # One conditional UPDATE, so that a concurrent revocation or rotation wins cleanly; SET reads
+    # the row's old key_hash on both backends.
+    rotated = await session.scalar(
+        update(ApiKey)
+        .where(ApiKey.id == key.id, ApiKey.key_hash == key.key_hash, ApiKey.revoked_at.is_(None))
+        .values(
+            key_hash=hash_key(secret),
+            hint=key_hint(secret),
+            previous_hash=ApiKey.key_hash if keep_old else None,
+            previous_expires_at=now + grace if keep_old else None,
+            last_rotated_at=now,
+            updated_at=now,
+        )
+        .returning(ApiKey.id),
+        execution_options={"synchronize_session": "fetch"},
+    )
+    if rotated is None:
+        raise Conflict("The key changed while rotating it; try again")
+    await session.refresh(key)
+    await invalidate(session, Target("key", key.id))
+    await audit.record(
+        session,
+        actor,
+        action="key.rotated",
+        target_type="api_key",
+        target_id=key.id,
+        details={"grace_period_seconds": int(grace.total_seconds())},
+    )
+    return key, secret

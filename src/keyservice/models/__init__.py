@@ -5,6 +5,7 @@ from keyservice.models.api_key import ApiKey, KeyKind, KeyStatus
 from keyservice.models.application import Application
 from keyservice.models.audit_event import AuditEvent
 from keyservice.models.base import Base, utcnow
+from keyservice.models.login_throttle import LoginThrottle
 from keyservice.models.membership import Membership, Role
 from keyservice.models.user import User
 
@@ -16,6 +17,7 @@ __all__ = [
     "Base",
     "KeyKind",
     "KeyStatus",
+    "LoginThrottle",
     "Membership",
     "Role",
     "User",

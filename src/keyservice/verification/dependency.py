@@ -1,35 +1,32 @@
-"""Reading a key from a request, and the FastAPI dependency that protects keyservice's own API."""
+"""Reading a key from a request, and the FastAPI dependencies that protect keyservice's own API."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Header, Request
+from fastapi import Depends, Header, Request
 from starlette.datastructures import Headers
 
-from keyservice.config import Settings
-from keyservice.db import SessionDep
 from keyservice.errors import (
     AccountForbidden,
     AccountRequired,
     AmbiguousKey,
     ExpiredKey,
+    Forbidden,
     InsufficientRole,
     InsufficientScope,
     KeyServiceError,
     MalformedKey,
     MissingKey,
     RevokedKey,
+    TooManyFailures,
     UnknownKey,
     ValidationFailed,
 )
-from keyservice.scopes import catalogue
-from keyservice.security import KeyFormatError, ParsedKey, parse_key
-from keyservice.verification import service
-from keyservice.verification.service import Principal
+from keyservice.verification.service import Principal, UserPrincipal
+from keyservice.verification.verifier import Verified, Verifier
 
 # What any route protected by ``require`` may answer, for its OpenAPI ``responses``.
 AUTH_ERRORS: tuple[type[KeyServiceError], ...] = (
@@ -44,7 +41,9 @@ AUTH_ERRORS: tuple[type[KeyServiceError], ...] = (
     InsufficientRole,
     AccountForbidden,
     ValidationFailed,
+    TooManyFailures,
 )
+USER_AUTH_ERRORS: tuple[type[KeyServiceError], ...] = (*AUTH_ERRORS, Forbidden)
 
 
 def key_from_headers(headers: Headers) -> str | None:
@@ -68,20 +67,16 @@ def key_from_headers(headers: Headers) -> str | None:
     return found.pop() if found else None
 
 
-def parse_presented(key: str | None, settings: Settings) -> ParsedKey:
-    if key is None:
-        raise MissingKey(
-            "Send the key as 'Authorization: Bearer <key>', 'Authorization: <key>' or 'x-api-key'"
-        )
-    try:
-        return parse_key(key, settings.key_prefix)
-    except KeyFormatError as exc:
-        raise MalformedKey(f"The API key is malformed ({exc})") from None
-
-
 def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
+
+def get_verifier(request: Request) -> Verifier:
+    verifier: Verifier = request.app.state.verifier
+    return verifier
+
+
+VerifierDep = Annotated[Verifier, Depends(get_verifier)]
 
 AccountHeader = Annotated[
     uuid.UUID | None,
@@ -93,26 +88,37 @@ AccountHeader = Annotated[
 ]
 
 
+async def verify_request(
+    request: Request, verifier: Verifier, *scopes: str, account_id: uuid.UUID | None = None
+) -> Verified:
+    return await verifier.verify(
+        key_from_headers(request.headers),
+        scopes=scopes,
+        account_id=account_id,
+        client_address=client_address(request),
+    )
+
+
 def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that verifies the request's key and demands ``scopes`` on its account."""
 
     async def dependency(
-        request: Request, session: SessionDep, account_id: AccountHeader = None
+        request: Request, verifier: VerifierDep, account_id: AccountHeader = None
     ) -> Principal:
-        settings: Settings = request.app.state.settings
-        parsed = parse_presented(key_from_headers(request.headers), settings)
-        record = await service.lookup(session, parsed.hash)
-        if record is None:
-            raise UnknownKey()
-        grace = service.authenticate(record, parsed.hash, datetime.now(UTC))
-        principal = service.resolve(
-            record,
-            account_id=account_id,
-            catalogue=catalogue(settings.scopes),
-            grace=grace,
-            client_address=client_address(request),
+        verified = await verify_request(request, verifier, *scopes, account_id=account_id)
+        return verified.principal
+
+    return dependency
+
+
+def require_user(*scopes: str) -> Callable[..., Awaitable[UserPrincipal]]:
+    """A dependency for a user's own things: the key must be a user's, holding ``scopes``."""
+
+    async def dependency(request: Request, verifier: VerifierDep) -> UserPrincipal:
+        verified = await verifier.verify_user(
+            key_from_headers(request.headers), client_address=client_address(request)
         )
-        principal.require(*scopes)
-        return principal
+        verified.require(*scopes)
+        return verified
 
     return dependency

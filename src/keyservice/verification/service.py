@@ -52,6 +52,26 @@ class KeyRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class UserPrincipal:
+    """A verified user's key acting on the user's own things (their personal keys, sessions)."""
+
+    key: KeyRecord
+    user_id: uuid.UUID
+    client_address: str | None = None
+    # Audit events of a user's own things belong to no account.
+    account_id: None = None
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        return self.key.scopes
+
+    def require(self, *required: str) -> None:
+        for scope in required:
+            if not scope_rules.covers(self.key.scopes, scope):
+                raise InsufficientScope(f"The key lacks the scope {scope!r}", scope=scope)
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     """A verified key acting on one account."""
 
@@ -60,7 +80,6 @@ class Principal:
     # The user's role there, for a user's key; None for an application's key.
     role: Role | None
     scopes: frozenset[str]
-    grace: bool
     client_address: str | None = None
 
     @property
@@ -141,7 +160,6 @@ def resolve(
     *,
     account_id: uuid.UUID | None,
     catalogue: tuple[str, ...],
-    grace: bool,
     client_address: str | None = None,
 ) -> Principal:
     """Pick the account the request acts on, and the key's rights there."""
@@ -153,7 +171,6 @@ def resolve(
             account_id=record.account_id,
             role=None,
             scopes=record.scopes,
-            grace=grace,
             client_address=client_address,
         )
     if account_id is None:
@@ -172,6 +189,9 @@ def resolve(
         account_id=account_id,
         role=role,
         scopes=scope_rules.role_scopes(role, record.scopes, catalogue),
-        grace=grace,
         client_address=client_address,
     )
+
+
+# Who performs a change, for the audit trail and ownership checks.
+Actor = Principal | UserPrincipal

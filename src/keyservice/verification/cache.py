@@ -1,0 +1,223 @@
+"""The in-process cache of key records, and how it learns of changes.
+
+Verification looks keys up here first, so that a steady stream of requests with the same keys costs
+no database round trip. Correctness rests on invalidation, not on the TTL:
+
+- every change that alters what verification would answer (revoke, rotate, rename, delete, an
+  application's permissions, a user's memberships) calls ``invalidate()`` inside its transaction.
+  On PostgreSQL that sends ``NOTIFY keyservice_keys``, which the database delivers to every
+  instance's listener when, and only if, the transaction commits. Every instance, this one included,
+  drops the matching entries. The request's own instance also drops them right after its commit,
+  without waiting for the round trip;
+- a lookup that raced with an invalidation (it read the row before the change committed and would
+  store it after the entry was dropped) is not stored: ``put`` refuses entries whose lookup started
+  before the latest invalidation (the cache's ``generation``);
+- if the listener's connection drops, notifications may have been missed, so the cache is cleared
+  when it reconnects; the TTL bounds the damage of anything else;
+- unknown keys are never cached, so a new key verifies at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import asyncpg
+from sqlalchemy import func, select
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.verification.service import KeyRecord
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "keyservice_keys"
+PENDING = "keyservice.invalidations"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What changed: ``key``, ``application`` or ``user``, and its id."""
+
+    kind: str
+    id: uuid.UUID
+
+    def encode(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+    @classmethod
+    def decode(cls, payload: str) -> Target | None:
+        kind, _, raw_id = payload.partition(":")
+        try:
+            return cls(kind, uuid.UUID(raw_id))
+        except ValueError:
+            return None
+
+
+def _targets(record: KeyRecord) -> Iterable[Target]:
+    yield Target("key", record.id)
+    if record.application_id is not None:
+        yield Target("application", record.application_id)
+    if record.user_id is not None:
+        yield Target("user", record.user_id)
+
+
+class KeyCache:
+    """A bounded LRU of key records by hash, with a TTL and invalidation by target."""
+
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.ttl = ttl_seconds
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[KeyRecord, float]] = OrderedDict()
+        self._by_target: dict[Target, set[str]] = {}
+        self.generation = 0
+        # Off while invalidations cannot be received (the listener is reconnecting).
+        self.enabled = True
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key_hash: str) -> KeyRecord | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        record, expires = entry
+        if expires <= self._clock():
+            self._remove(key_hash)
+            return None
+        self._entries.move_to_end(key_hash)
+        return record
+
+    def put(self, key_hash: str, record: KeyRecord, *, generation: int) -> None:
+        """Store ``record`` unless an invalidation happened since its lookup began."""
+        if generation != self.generation or not self.enabled:
+            return
+        if key_hash in self._entries:
+            self._remove(key_hash)
+        self._entries[key_hash] = (record, self._clock() + self.ttl)
+        for target in _targets(record):
+            self._by_target.setdefault(target, set()).add(key_hash)
+        while len(self._entries) > self.max_entries:
+            self._remove(next(iter(self._entries)))
+
+    def invalidate(self, target: Target) -> None:
+        self.generation += 1
+        for key_hash in self._by_target.pop(target, ()):
+            self._remove(key_hash)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+        self._by_target.clear()
+
+    def suspend(self) -> None:
+        self.enabled = False
+        self.clear()
+
+    def resume(self) -> None:
+        self.clear()
+        self.enabled = True
+
+    def _remove(self, key_hash: str) -> None:
+        entry = self._entries.pop(key_hash, None)
+        if entry is None:
+            return
+        for target in _targets(entry[0]):
+            hashes = self._by_target.get(target)
+            if hashes is not None:
+                hashes.discard(key_hash)
+                if not hashes:
+                    del self._by_target[target]
+
+
+async def invalidate(session: AsyncSession, *targets: Target) -> None:
+    """Announce, within the session's transaction, that ``targets`` changed.
+
+    Delivered to every instance on commit (PostgreSQL), and applied to this instance's cache
+    by the request's session dependency right after its commit.
+    """
+    session.info.setdefault(PENDING, []).extend(targets)
+    if session.get_bind().dialect.name == "postgresql":
+        for target in targets:
+            await session.execute(select(func.pg_notify(CHANNEL, target.encode())))
+
+
+def apply_committed(session: AsyncSession, cache: KeyCache) -> None:
+    """Apply the invalidations of a just-committed session to the local cache."""
+    for target in session.info.pop(PENDING, ()):
+        cache.invalidate(target)
+
+
+def discard_pending(session: AsyncSession) -> None:
+    session.info.pop(PENDING, None)
+
+
+class Listener:
+    """LISTENs for invalidations on a dedicated PostgreSQL connection, reconnecting as needed."""
+
+    def __init__(self, url: URL, cache: KeyCache, *, ping_seconds: float = 10.0) -> None:
+        self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._cache = cache
+        self._ping_seconds = ping_seconds
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        self._cache.suspend()
+        self._task = asyncio.create_task(self._run(), name="keyservice-invalidation-listener")
+        # Serve only once invalidations are flowing, so that no change is missed at startup.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.connected.wait(), timeout=10)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _on_notify(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        target = Target.decode(payload)
+        if target is None:
+            logger.warning("ignoring a malformed invalidation on %s", CHANNEL)
+            return
+        self._cache.invalidate(target)
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await asyncpg.connect(self._dsn, timeout=10)
+                await connection.add_listener(CHANNEL, self._on_notify)
+                # Whatever happened while we were not listening is unknown: start afresh.
+                self._cache.resume()
+                self.connected.set()
+                delay = 0.5
+                while True:
+                    await asyncio.sleep(self._ping_seconds)
+                    await connection.fetchval("SELECT 1", timeout=5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.connected.clear()
+                self._cache.suspend()
+                logger.warning("invalidation listener lost its connection (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await connection.close()

@@ -1,0 +1,205 @@
+"""``POST /v1/verify`` for services, and forward-auth for proxies."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Request, Response
+from fastapi.params import Body
+
+from keyservice.errors import (
+    AccountForbidden,
+    BadRequest,
+    Forbidden,
+    InsufficientScope,
+    KeyServiceError,
+    MissingKey,
+    TooManyFailures,
+    UnknownKey,
+    ValidationFailed,
+    responses,
+)
+from keyservice.verification.dependency import (
+    AUTH_ERRORS,
+    VerifierDep,
+    client_address,
+    key_from_headers,
+)
+from keyservice.verification.schemas import VerifiedKey, VerifyCode, VerifyRequest, VerifyResponse
+from keyservice.verification.verifier import Verified
+
+router = APIRouter(tags=["verification"])
+
+VERIFY_SCOPE = "keyservice:verify"
+MAX_FORWARD_SCOPES = 50
+FORWARD_SCOPES_HEADER = "x-keyservice-required-scopes"
+
+
+def verified_key(verified: Verified) -> VerifiedKey:
+    principal = verified.principal
+    record = principal.key
+    return VerifiedKey(
+        id=record.id,
+        name=record.name,
+        kind=record.kind,
+        environment=record.environment,
+        account_id=principal.account_id,
+        application_id=record.application_id,
+        user_id=record.user_id,
+        role=principal.role,
+        scopes=sorted(principal.scopes),
+        expires_at=record.expires_at,
+        rotated=verified.grace,
+        rotated_secret_expires_at=record.previous_expires_at if verified.grace else None,
+    )
+
+
+@router.post(
+    "/v1/verify",
+    responses=responses(BadRequest, MissingKey, Forbidden, ValidationFailed, TooManyFailures),
+)
+async def verify(
+    request: Request,
+    verifier: VerifierDep,
+    body: Annotated[VerifyRequest, Body()],
+) -> VerifyResponse:
+    """Is this key good, for these scopes, on this account?
+
+    Answers 200 whatever the verdict: `valid` and a machine-readable `code` (`VALID`,
+    `MALFORMED`, `NOT_FOUND`, `REVOKED`, `EXPIRED`, `INSUFFICIENT_SCOPE`, `ACCOUNT_REQUIRED`,
+    `ACCOUNT_FORBIDDEN`) and, when valid, the key's identity and rights on the account.
+    A malformed request is a 422 problem; a client address that keeps failing gets 429.
+
+    The key goes in `key`, or in this request's `Authorization`/`x-api-key` header. When the
+    deployment sets `KEYSERVICE_VERIFY_REQUIRES_AUTH`, the caller sends its own key, holding
+    `keyservice:verify`, in the header, the key to check in `key`, and only keys of the caller's
+    account verify.
+    """
+    header_key = key_from_headers(request.headers)
+    address = str(body.client_address) if body.client_address else client_address(request)
+    account_id = body.account_id
+    authenticated = False
+    if (body.key is not None and header_key is not None) or verifier.settings.verify_requires_auth:
+        if header_key is None:
+            raise MissingKey("Callers of /v1/verify must send their own key (keyservice:verify)")
+        if body.key is None:
+            raise ValidationFailed("Send the key to verify in the body's `key`")
+        caller = await verifier.verify(
+            header_key, scopes=[VERIFY_SCOPE], client_address=client_address(request)
+        )
+        # An authenticated caller only learns about keys of its own account.
+        if account_id is not None and account_id != caller.principal.account_id:
+            return _refused(UnknownKey())
+        account_id = caller.principal.account_id
+        authenticated = True
+        key = body.key
+    elif body.key is not None:
+        key = body.key
+    elif header_key is not None:
+        key = header_key
+    else:
+        raise ValidationFailed("No key to verify: send it in `key` or in a key header")
+    try:
+        verified = await verifier.verify(
+            key, scopes=body.scopes, account_id=account_id, client_address=address
+        )
+    except AccountForbidden as error:
+        # An authenticated caller is not told that a key of another account exists.
+        return _refused(UnknownKey() if authenticated else error)
+    except KeyServiceError as error:
+        if error.code is None:
+            raise
+        return _refused(error)
+    return VerifyResponse(valid=True, code=VerifyCode.VALID, key=verified_key(verified))
+
+
+def _refused(error: KeyServiceError) -> VerifyResponse:
+    assert error.code is not None
+    return VerifyResponse(valid=False, code=VerifyCode(error.code), detail=error.detail)
+
+
+FORWARD_AUTH_DOC = """Forward authentication for proxies (nginx `auth_request`, Traefik ForwardAuth,
+Envoy `ext_authz`): call it with the client's original headers, on any method and any path below
+`/v1/forward-auth/`.
+
+Required scopes come from the query string (`?scopes=contacts:read,deals:write` or repeated
+`scope=`) and from the `X-Keyservice-Required-Scopes` header; the client may name the account with
+`X-Account-Id`. Answers 200 to allow, 401 for a missing or invalid key (with `WWW-Authenticate`),
+403 for a missing scope, 429 for a client that keeps failing. On 200 the response carries, for
+the proxy to pass upstream: `X-Keyservice-Key-Id`, `X-Keyservice-Account-Id`,
+`X-Keyservice-Scopes` (space-separated), `X-Keyservice-Environment`, `X-Keyservice-Key-Kind`,
+`X-Keyservice-Application-Id` or `X-Keyservice-User-Id`, and `X-Keyservice-Rotated: true` when
+an old secret of a rotated key was used. The proxy must overwrite these headers upstream, never
+pass a client's own."""
+
+
+def _forward_scopes(request: Request) -> list[str]:
+    raw = [*request.query_params.getlist("scope"), *request.query_params.getlist("scopes")]
+    raw += request.headers.getlist(FORWARD_SCOPES_HEADER)
+    scopes = sorted({s.strip() for value in raw for s in value.replace(" ", ",").split(",")} - {""})
+    if len(scopes) > MAX_FORWARD_SCOPES:
+        raise BadRequest(f"At most {MAX_FORWARD_SCOPES} required scopes")
+    return scopes
+
+
+async def forward_auth(request: Request, verifier: VerifierDep) -> Response:
+    account_header = request.headers.get("x-account-id")
+    account_id = None
+    if account_header:
+        try:
+            account_id = uuid.UUID(account_header)
+        except ValueError:
+            raise AccountForbidden("X-Account-Id is not an account id") from None
+    verified = await verifier.verify(
+        key_from_headers(request.headers),
+        scopes=_forward_scopes(request),
+        account_id=account_id,
+        client_address=client_address(request),
+    )
+    principal = verified.principal
+    record = principal.key
+    headers = {
+        "X-Keyservice-Key-Id": str(record.id),
+        "X-Keyservice-Account-Id": str(principal.account_id),
+        "X-Keyservice-Scopes": " ".join(sorted(principal.scopes)),
+        "X-Keyservice-Environment": record.environment.value,
+        "X-Keyservice-Key-Kind": record.kind.value,
+    }
+    if record.application_id is not None:
+        headers["X-Keyservice-Application-Id"] = str(record.application_id)
+    if record.user_id is not None:
+        headers["X-Keyservice-User-Id"] = str(record.user_id)
+    if verified.grace:
+        headers["X-Keyservice-Rotated"] = "true"
+    return Response(status_code=200, headers=headers)
+
+
+FORWARD_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+FORWARD_RESPONSES = {
+    200: {"description": "Allowed; the `X-Keyservice-*` headers describe the key."},
+    **responses(*AUTH_ERRORS, InsufficientScope),
+}
+router.add_api_route(
+    "/v1/forward-auth",
+    forward_auth,
+    methods=["GET"],
+    summary="Forward-auth",
+    description=FORWARD_AUTH_DOC,
+    responses=FORWARD_RESPONSES,
+    response_class=Response,
+)
+router.add_api_route(
+    "/v1/forward-auth/{path:path}",
+    forward_auth,
+    methods=FORWARD_METHODS,
+    include_in_schema=False,
+    response_class=Response,
+)
+router.add_api_route(
+    "/v1/forward-auth",
+    forward_auth,
+    methods=[m for m in FORWARD_METHODS if m != "GET"],
+    include_in_schema=False,
+    response_class=Response,
+)

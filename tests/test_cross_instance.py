@@ -1,0 +1,107 @@
+"""Two independent instances (own engines, own caches) on one PostgreSQL: a change made through
+one is refused by the other within a second, through LISTEN/NOTIFY, not after a TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from conftest import PostgresDatabases, client_for
+from factories import Tenant, auth, create_application, create_key, create_tenant
+from keyservice import migrate
+from keyservice.config import Settings
+from keyservice.db import create_engine, create_sessionmaker
+from keyservice.main import create_app
+
+
+@pytest.fixture
+async def postgres_url(
+    require_postgres: None, postgres_databases: PostgresDatabases, settings: Settings
+) -> str:
+    url = await postgres_databases.create()
+    await migrate.upgrade(settings, url)
+    return url
+
+
+@pytest.fixture
+async def instances(
+    postgres_url: str, settings: Settings
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, FastAPI]]:
+    # A long TTL, so that only an invalidation can explain a refusal.
+    instance_settings = settings.model_copy(
+        update={"database_url": postgres_url, "cache_ttl_seconds": 3600.0}
+    )
+    first, second = create_app(instance_settings), create_app(instance_settings)
+    async with (
+        first.router.lifespan_context(first),
+        second.router.lifespan_context(second),
+        client_for(first) as a,
+        client_for(second) as b,
+    ):
+        yield a, b, second
+
+
+@pytest.fixture
+async def tenant(postgres_url: str, settings: Settings) -> Tenant:
+    engine = create_engine(settings, postgres_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            return await create_tenant(session)
+    finally:
+        await engine.dispose()
+
+
+async def _refused_within(client: httpx.AsyncClient, key: str, code: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < 5:
+        result = (await client.post("/v1/verify", json={"key": key})).json()
+        if result["code"] == code:
+            return time.monotonic() - started
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"still {result['code']} after 5 s")
+
+
+async def test_revocation_reaches_the_other_instance_within_a_second(
+    instances: tuple[httpx.AsyncClient, httpx.AsyncClient, FastAPI], tenant: Tenant
+) -> None:
+    a, b, second = instances
+    application = await create_application(a, tenant)
+    created = await create_key(a, tenant, application["id"])
+    # The new key verifies at once on the other instance too.
+    assert (await b.post("/v1/verify", json={"key": created["key"]})).json()["code"] == "VALID"
+    assert len(second.state.key_cache) >= 1
+
+    response = await a.post(f"/v1/keys/{created['id']}/revoke", headers=tenant.headers)
+    assert response.status_code == 200
+    assert await _refused_within(b, created["key"], "REVOKED") < 1.0
+
+
+async def test_rotation_and_deletion_reach_the_other_instance(
+    instances: tuple[httpx.AsyncClient, httpx.AsyncClient, FastAPI], tenant: Tenant
+) -> None:
+    a, b, _ = instances
+    application = await create_application(a, tenant)
+    rotated = await create_key(a, tenant, application["id"])
+    deleted_app = await create_application(a, tenant, name="Doomed")
+    deleted = await create_key(a, tenant, deleted_app["id"])
+    for key in (rotated, deleted):
+        assert (await b.post("/v1/verify", json={"key": key["key"]})).json()["code"] == "VALID"
+    # The owner key is cached on b as well, through the management API.
+    assert (await b.get("/v1/account", headers=tenant.headers)).status_code == 200
+
+    await a.post(f"/v1/keys/{rotated['id']}/rotate", headers=tenant.headers)
+    await a.delete(f"/v1/applications/{deleted_app['id']}", headers=tenant.headers)
+    assert await _refused_within(b, rotated["key"], "NOT_FOUND") < 1.0
+    assert await _refused_within(b, deleted["key"], "NOT_FOUND") < 1.0
+
+    owner_key = (await a.get("/v1/users/me/keys", headers=tenant.headers)).json()["data"][0]
+    await a.post(f"/v1/users/me/keys/{owner_key['id']}/revoke", headers=tenant.headers)
+    started = time.monotonic()
+    while (await b.get("/v1/account", headers=auth(tenant.owner_key))).status_code == 200:
+        assert time.monotonic() - started < 1.0
+        await asyncio.sleep(0.01)
