@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.accounts import service as accounts_service
 from keyservice.keys import service as keys_service
-from keyservice.models import Account, KeyKind, Membership, Role, User
+from keyservice.models import Account, KeyKind, Membership, Role, User, utcnow
 from keyservice.security import Environment
 
 
@@ -53,7 +53,9 @@ async def create_user(
     session.add(user)
     await session.flush()
     for account_id, role in accounts.items():
-        session.add(Membership(account_id=account_id, user_id=user.id, role=role))
+        session.add(
+            Membership(account_id=account_id, user_id=user.id, role=role, accepted_at=utcnow())
+        )
     await session.commit()
     return user
 

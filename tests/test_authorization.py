@@ -186,3 +186,91 @@ async def test_an_application_key_is_bound_to_its_account(
     assert response.status_code == 403
     assert response.json()["type"] == "urn:keyservice:problem:account-forbidden"
     assert "Second" not in response.text
+
+
+async def test_an_application_key_cannot_make_admins(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    tenant = await create_tenant(session)
+    application = await create_application(client, tenant, permissions=["keyservice:members:write"])
+    key = await create_key(client, tenant, application["id"], scopes=["keyservice:members:write"])
+    for role in ("admin", "owner"):
+        response = await client.post(
+            "/v1/account/members",
+            headers=auth(key["key"]),
+            json={"email": f"{role}@attacker.example", "role": role},
+        )
+        assert response.status_code == 403, role
+    admin = await create_user(session, accounts={tenant.account.id: Role.admin})
+    response = await client.patch(
+        f"/v1/account/members/{admin.id}", headers=auth(key["key"]), json={"role": "member"}
+    )
+    assert response.status_code == 403
+    response = await client.delete(f"/v1/account/members/{admin.id}", headers=auth(key["key"]))
+    assert response.status_code == 403
+    response = await client.post(
+        "/v1/account/members", headers=auth(key["key"]), json={"email": "new@example.com"}
+    )
+    assert response.status_code == 201
+
+
+async def test_a_key_cannot_widen_permissions_beyond_its_own_scopes(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    tenant = await create_tenant(session)
+    application = await create_application(
+        client,
+        tenant,
+        permissions=["keyservice:applications:read", "keyservice:applications:write"],
+    )
+    key = await create_key(
+        client,
+        tenant,
+        application["id"],
+        scopes=["keyservice:applications:read", "keyservice:applications:write"],
+    )
+    response = await client.patch(
+        f"/v1/applications/{application['id']}",
+        headers=auth(key["key"]),
+        json={"permissions": ["keyservice:*"]},
+    )
+    assert response.status_code == 422
+    assert response.json()["scope"] == "keyservice:*"
+    response = await client.post(
+        "/v1/applications",
+        headers=auth(key["key"]),
+        json={
+            "name": "x",
+            "developer_email": "a@example.com",
+            "permissions": ["keyservice:keys:write"],
+        },
+    )
+    assert response.status_code == 422
+    # Product scopes are the applications writer's to give.
+    response = await client.patch(
+        f"/v1/applications/{application['id']}",
+        headers=auth(key["key"]),
+        json={"permissions": ["keyservice:applications:read", "deals:read"]},
+    )
+    assert response.status_code == 200
+
+
+async def test_a_test_key_issues_only_test_keys(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    tenant = await create_tenant(session)
+    application = await create_application(
+        client, tenant, permissions=["keyservice:keys:write", "contacts:read"]
+    )
+    test_key = await create_key(
+        client, tenant, application["id"], scopes=["keyservice:keys:write"], environment="test"
+    )
+    path = f"/v1/applications/{application['id']}/keys"
+    body = {"name": "x", "scopes": ["contacts:read"]}
+    response = await client.post(path, headers=auth(test_key["key"]), json=body)
+    assert response.status_code == 403
+    response = await client.post(
+        path, headers=auth(test_key["key"]), json=body | {"environment": "test"}
+    )
+    assert response.status_code == 201
+    assert response.json()["key"].startswith("ks_test_")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from factories import create_tenant
+from factories import create_application, create_tenant
 
 
 def _is_problem(response: httpx.Response, status: int, slug: str) -> None:
@@ -90,4 +91,72 @@ async def test_page_parameters_are_bounded(
 async def test_malformed_path_ids_are_422(client: httpx.AsyncClient, session: AsyncSession) -> None:
     tenant = await create_tenant(session)
     response = await client.get("/v1/keys/not-a-uuid", headers=tenant.headers)
+    _is_problem(response, 422, "validation-error")
+
+
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "2026-01-01T00:00:00|00000000-0000-4000-8000-000000000000",
+        "0001-01-01T00:00:00+14:00|00000000-0000-4000-8000-000000000000",
+        "2026-01-01T00:00:00+00:00|not-a-uuid",
+    ],
+    ids=["naive", "overflow", "id"],
+)
+async def test_forged_cursors_are_422(
+    client: httpx.AsyncClient, session: AsyncSession, cursor: str
+) -> None:
+    tenant = await create_tenant(session)
+    response = await client.get(
+        "/v1/keys", params={"cursor": _cursor(cursor)}, headers=tenant.headers
+    )
+    _is_problem(response, 422, "validation-error")
+
+
+async def test_extreme_expiry_is_422(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    tenant = await create_tenant(session)
+    application = await create_application(client, tenant)
+    for when in ("9999-12-31T23:59:59-05:00", "9500-01-01T00:00:00Z"):
+        response = await client.post(
+            f"/v1/applications/{application['id']}/keys",
+            headers=tenant.headers,
+            json={"name": "k", "scopes": ["contacts:read"], "expires_at": when},
+        )
+        _is_problem(response, 422, "validation-error")
+
+
+async def test_control_characters_are_422_on_every_backend(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    tenant = await create_tenant(session)
+    application = await create_application(client, tenant)
+    attempts = [
+        ("POST", "/v1/applications", {"name": "a\u0000b", "developer_email": "a@example.com"}),
+        (
+            "POST",
+            "/v1/applications",
+            {"name": "ok", "developer_email": "a@example.com", "description": "nul \u0000 here"},
+        ),
+        ("PATCH", "/v1/account", {"name": "bell\u0007"}),
+        (
+            "POST",
+            f"/v1/applications/{application['id']}/keys",
+            {"name": "k\u0000", "scopes": ["contacts:read"]},
+        ),
+        (
+            "POST",
+            f"/v1/applications/{application['id']}/keys",
+            {"name": "k", "scopes": ["contacts:read\u0000"]},
+        ),
+    ]
+    for method, path, body in attempts:
+        response = await client.request(method, path, json=body, headers=tenant.headers)
+        _is_problem(response, 422, "validation-error")
+    response = await client.get(
+        "/v1/audit-events", params={"action": "key.\u0000"}, headers=tenant.headers
+    )
     _is_problem(response, 422, "validation-error")

@@ -119,6 +119,11 @@ async def test_me_lists_accounts_and_roles(
     me = (await client.get("/v1/users/me", headers=auth(key))).json()
     assert me["id"] == str(user.id)
     assert me["accounts"] == [
-        {"account_id": str(first.account.id), "name": "Alpha", "role": "member"},
-        {"account_id": str(second.account.id), "name": "Beta", "role": "admin"},
+        {
+            "account_id": str(first.account.id),
+            "name": "Alpha",
+            "role": "member",
+            "status": "active",
+        },
+        {"account_id": str(second.account.id), "name": "Beta", "role": "admin", "status": "active"},
     ]

@@ -35,7 +35,10 @@ def _configure_sqlite(engine: AsyncEngine, *, foreign_keys: bool) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then
+        # writes fails at once with "database is locked" when another writer got there first,
+        # where this one waits (busy_timeout) its turn.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_engine(
@@ -43,7 +46,7 @@ def create_engine(
 ) -> AsyncEngine:
     url = url or settings.effective_database_url
     if url.startswith("sqlite"):
-        engine = create_async_engine(url)
+        engine = create_async_engine(url, hide_parameters=True)
         _configure_sqlite(engine, foreign_keys=not for_migrations)
         return engine
     return create_async_engine(
@@ -51,6 +54,8 @@ def create_engine(
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=True,
+        # Parameters (password hashes, key hashes, emails) stay out of logged errors.
+        hide_parameters=True,
     )
 
 

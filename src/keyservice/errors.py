@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -348,6 +349,18 @@ def install_error_handlers(app: FastAPI) -> None:
             title=error.title,
             detail=str(exc.detail) if exc.detail else None,
             headers=exc.headers,
+        )
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity_error(request: Request, exc: IntegrityError) -> JSONResponse:
+        # A uniqueness or foreign-key check lost a race with a concurrent request (the checks
+        # before the write passed in both). The transaction has been rolled back.
+        return problem_response(
+            request,
+            status=Conflict.status,
+            type_uri=Conflict.type_uri(),
+            title=Conflict.title,
+            detail="The request conflicts with a concurrent change; retry it",
         )
 
     @app.exception_handler(Exception)

@@ -7,7 +7,7 @@ import binascii
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
@@ -61,8 +61,11 @@ def _decode(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created_at, id_ = raw.split("|")
-        return datetime.fromisoformat(created_at), uuid.UUID(id_)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        when = datetime.fromisoformat(created_at)
+        if when.tzinfo is None:
+            raise ValueError("naive")
+        return when.astimezone(UTC), uuid.UUID(id_)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise ValidationFailed("The cursor is not valid") from None
 
 

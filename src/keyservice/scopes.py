@@ -81,6 +81,13 @@ def check_within(scopes: Iterable[str], granted: Collection[str], *, what: str) 
             raise InvalidScope(f"Scope {scope!r} is not within {what}", scope=scope)
 
 
+def check_grantable(held: Collection[str], scopes: Iterable[str]) -> None:
+    """No escalation: keyservice's own scopes can only be handed on (to a key, or to an
+    application's permissions) by a key that holds them."""
+    own = [s for s in scopes if s.startswith(KEYSERVICE_NAMESPACE)]
+    check_within(own, held, what="the calling key's own scopes")
+
+
 def catalogue(product_scopes: Iterable[str]) -> tuple[str, ...]:
     """Every scope a key may hold in this deployment: the product's, then keyservice's own."""
     return (*product_scopes, *KEYSERVICE_SCOPES)

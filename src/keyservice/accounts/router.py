@@ -11,9 +11,12 @@ from keyservice.accounts.schemas import (
     AccountMembership,
     AccountOut,
     AccountUpdate,
+    InvitationAccept,
     LoginRequest,
+    MemberAdded,
     MemberCreate,
     MemberOut,
+    MembershipStatus,
     MemberUpdate,
     SessionCreated,
     UserOut,
@@ -50,11 +53,16 @@ MemberReader = Annotated[Principal, Depends(require("keyservice:members:read"))]
 MemberWriter = Annotated[Principal, Depends(require("keyservice:members:write"))]
 
 
+def _status(membership: Membership) -> MembershipStatus:
+    return "active" if membership.active else "invited"
+
+
 def _member(membership: Membership) -> MemberOut:
     return MemberOut(
         user_id=membership.user_id,
         email=membership.user.email,
         role=membership.role,
+        status=_status(membership),
         created_at=membership.created_at,
     )
 
@@ -87,21 +95,23 @@ async def list_members(session: SessionDep, actor: MemberReader, page: PageDep) 
     status_code=status.HTTP_201_CREATED,
     responses=responses(*AUTH_ERRORS, Forbidden, Conflict),
 )
-async def add_member(session: SessionDep, actor: MemberWriter, body: MemberCreate) -> MemberOut:
-    """Add a user to the account by email, creating the user if needed.
+async def add_member(session: SessionDep, actor: MemberWriter, body: MemberCreate) -> MemberAdded:
+    """Add a user to the account by email.
 
-    Roles: `owner` and `admin` manage the account (only an owner grants the owner role);
-    `member` reads. A new user gets `password` as their initial password; an existing user keeps
-    their own.
+    Roles: `owner` and `admin` manage the account (only an owner grants the owner role, only a
+    user's key grants admin or owner); `member` reads. A new user joins at once with `password`
+    as their initial password. A user who already exists is invited instead (`status: invited`):
+    hand them `invitation_token`, which they accept with their own key; until then the
+    membership gives them nothing.
     """
-    membership = await service.add_member(
+    membership, token = await service.add_member(
         session,
         actor,
         email=str(body.email),
         role=body.role,
         password=body.password,
     )
-    return _member(membership)
+    return MemberAdded(**_member(membership).model_dump(), invitation_token=token)
 
 
 @router.get("/members/{user_id}", responses=responses(*AUTH_ERRORS, NotFound))
@@ -141,7 +151,12 @@ def _user(user: User, memberships: Sequence[tuple[Membership, Account]]) -> User
         id=user.id,
         email=user.email,
         accounts=[
-            AccountMembership(account_id=account.id, name=account.name, role=membership.role)
+            AccountMembership(
+                account_id=account.id,
+                name=account.name,
+                role=membership.role,
+                status=_status(membership),
+            )
             for membership, account in memberships
         ],
     )
@@ -197,3 +212,23 @@ async def get_me(session: SessionDep, actor: UserKey) -> UserOut:
     """The user behind a personal or session key, and their accounts and roles."""
     user, memberships = await service.user_accounts(session, actor.user_id)
     return _user(user, memberships)
+
+
+InvitationAcceptor = Annotated[UserPrincipal, Depends(require_user("keyservice:members:write"))]
+
+
+@sessions_router.post(
+    "/v1/users/me/invitations/accept",
+    tags=["users"],
+    responses=responses(*USER_AUTH_ERRORS, NotFound),
+)
+async def accept_invitation(
+    session: SessionDep, actor: InvitationAcceptor, body: InvitationAccept
+) -> AccountMembership:
+    """Accept an invitation to another account with the token its admin handed you. From then
+    on your personal and session keys reach that account too, with the invited role."""
+    membership = await service.accept_invitation(session, actor, token=body.token)
+    account = await service.get_account(session, membership.account_id)
+    return AccountMembership(
+        account_id=account.id, name=account.name, role=membership.role, status="active"
+    )

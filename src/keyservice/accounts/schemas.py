@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
+from keyservice.fields import Name
 from keyservice.models import Role
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Password = Annotated[str, Field(min_length=12, max_length=256)]
 
 
@@ -39,6 +39,9 @@ class AccountUpdate(BaseModel):
     name: Name
 
 
+MembershipStatus = Literal["active", "invited"]
+
+
 class MemberOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -47,6 +50,7 @@ class MemberOut(BaseModel):
                     "user_id": "7b6a5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d",
                     "email": "dana@example.com",
                     "role": "admin",
+                    "status": "active",
                     "created_at": "2026-11-01T12:00:00Z",
                 }
             ]
@@ -56,7 +60,18 @@ class MemberOut(BaseModel):
     user_id: uuid.UUID
     email: str
     role: Role
+    status: MembershipStatus = Field(
+        description="`invited` until a user who already existed accepts the invitation."
+    )
     created_at: datetime
+
+
+class MemberAdded(MemberOut):
+    invitation_token: str | None = Field(
+        description="For a user who already existed: the one-time token they accept the "
+        "invitation with (`POST /v1/users/me/invitations/accept`). Hand it to them yourself; it "
+        "is shown only here."
+    )
 
 
 class MemberCreate(BaseModel):
@@ -74,7 +89,7 @@ class MemberCreate(BaseModel):
     password: Password | None = Field(
         default=None,
         description="Initial password for a new user (12 characters or more). A user who already "
-        "exists keeps their own password.",
+        "exists keeps their own password and is invited instead.",
     )
 
 
@@ -100,6 +115,15 @@ class AccountMembership(BaseModel):
     account_id: uuid.UUID
     name: str
     role: Role
+    status: MembershipStatus
+
+
+class InvitationAccept(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"token": "ksinv_Zm9vYmFy..."}]}
+    )
+
+    token: Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class UserOut(BaseModel):
@@ -114,6 +138,7 @@ class UserOut(BaseModel):
                             "account_id": "2d7f1c3e-5a4b-4c8d-9e0f-1a2b3c4d5e6f",
                             "name": "Acme CRM",
                             "role": "admin",
+                            "status": "active",
                         }
                     ],
                 }

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import secrets
 import uuid
 from collections.abc import Sequence
 
@@ -10,11 +12,13 @@ from sqlalchemy.orm import contains_eager
 from keyservice.accounts.passwords import hash_password
 from keyservice.audit import service as audit
 from keyservice.errors import Conflict, Forbidden, NotFound
-from keyservice.models import Account, AuditEvent, KeyKind, Membership, Role, User
+from keyservice.models import Account, AuditEvent, KeyKind, Membership, Role, User, utcnow
 from keyservice.pagination import PageParams, paginate
-from keyservice.security import Environment
+from keyservice.security import Environment, hash_key
 from keyservice.verification.cache import Target, invalidate
-from keyservice.verification.service import Principal
+from keyservice.verification.service import Principal, UserPrincipal
+
+INVITATION_PREFIX = "ksinv_"
 
 
 async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account:
@@ -73,14 +77,20 @@ async def get_membership(
 
 
 def _check_may_grant(actor: Principal, *roles: Role) -> None:
-    # Only an owner makes or unmakes owners; an application's key has no role and cannot.
-    if Role.owner in roles and actor.role is not Role.owner:
-        raise Forbidden("Only an owner can grant or take away the owner role")
+    """Admins are made and unmade by a user who is at least an admin, owners by an owner; an
+    application's key, which has no role of its own, only adds or removes plain members."""
+    for role in roles:
+        if role is Role.member:
+            continue
+        if actor.role is None:
+            raise Forbidden("An application's key can only manage members, not admins or owners")
+        if role is Role.owner and actor.role is not Role.owner:
+            raise Forbidden("Only an owner can grant or take away the owner role")
 
 
 async def _lock_account(session: AsyncSession, account_id: uuid.UUID) -> None:
     # Serialises changes to one account's owners, so that two concurrent demotions cannot both
-    # pass the last-owner check (SQLite serialises writers by itself).
+    # pass the last-owner check (on SQLite, BEGIN IMMEDIATE serialises writers already).
     await session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
 
 
@@ -89,7 +99,11 @@ async def _owner_count(session: AsyncSession, account_id: uuid.UUID) -> int:
         await session.scalar(
             select(func.count())
             .select_from(Membership)
-            .where(Membership.account_id == account_id, Membership.role == Role.owner)
+            .where(
+                Membership.account_id == account_id,
+                Membership.role == Role.owner,
+                Membership.accepted_at.is_not(None),
+            )
         )
         or 0
     )
@@ -102,27 +116,79 @@ async def add_member(
     email: str,
     role: Role,
     password: str | None,
-) -> Membership:
+) -> tuple[Membership, str | None]:
+    """Add a user to the account. A new user joins at once, with ``password`` as their initial
+    password. A user who already exists (in another account) is only invited: the returned
+    one-time token, handed to them out of band, lets them accept with their own key. Their
+    password is never touched."""
     _check_may_grant(actor, role)
     email = email.lower()
     user = (await session.scalars(select(User).where(User.email == email))).first()
+    token = None
     if user is None:
-        user = User(email=email, password_hash=hash_password(password) if password else None)
+        password_hash = await asyncio.to_thread(hash_password, password) if password else None
+        user = User(email=email, password_hash=password_hash)
         session.add(user)
         await session.flush()
-    elif await session.get(Membership, (actor.account_id, user.id)) is not None:
-        raise Conflict("This user is already a member of the account")
-    membership = Membership(account_id=actor.account_id, user_id=user.id, role=role, user=user)
+        membership = Membership(
+            account_id=actor.account_id, user_id=user.id, role=role, user=user, accepted_at=utcnow()
+        )
+    else:
+        if await session.get(Membership, (actor.account_id, user.id)) is not None:
+            raise Conflict("This user is already a member of the account, or invited")
+        token = INVITATION_PREFIX + secrets.token_urlsafe(32)
+        membership = Membership(
+            account_id=actor.account_id,
+            user_id=user.id,
+            role=role,
+            user=user,
+            invitation_hash=hash_key(token),
+        )
     session.add(membership)
     await session.flush()
     await invalidate(session, Target("user", user.id))
     await audit.record(
         session,
         actor,
-        action="member.added",
+        action="member.added" if token is None else "member.invited",
         target_type="user",
         target_id=user.id,
         details={"email": email, "role": role.value},
+    )
+    return membership, token
+
+
+async def accept_invitation(
+    session: AsyncSession, actor: UserPrincipal, *, token: str
+) -> Membership:
+    """Join the account that invited the calling user; the token proves the invitation reached
+    them, the key that they are who was invited."""
+    membership = (
+        await session.scalars(
+            select(Membership)
+            .join(Membership.user)
+            .options(contains_eager(Membership.user))
+            .where(
+                Membership.invitation_hash == hash_key(token),
+                Membership.user_id == actor.user_id,
+                Membership.accepted_at.is_(None),
+            )
+        )
+    ).first()
+    if membership is None:
+        raise NotFound("No such invitation for this user")
+    membership.accepted_at = utcnow()
+    membership.invitation_hash = None
+    await session.flush()
+    await invalidate(session, Target("user", actor.user_id))
+    await audit.record(
+        session,
+        actor,
+        action="member.joined",
+        target_type="user",
+        target_id=actor.user_id,
+        details={"role": membership.role.value},
+        account_id=membership.account_id,
     )
     return membership
 
@@ -190,12 +256,15 @@ async def bootstrap(
     owner_email = owner_email.lower()
     user = (await session.scalars(select(User).where(User.email == owner_email))).first()
     if user is None:
-        user = User(email=owner_email, password_hash=hash_password(password) if password else None)
+        password_hash = await asyncio.to_thread(hash_password, password) if password else None
+        user = User(email=owner_email, password_hash=password_hash)
         session.add(user)
     account = Account(name=account_name)
     session.add(account)
     await session.flush()
-    session.add(Membership(account_id=account.id, user_id=user.id, role=Role.owner))
+    session.add(
+        Membership(account_id=account.id, user_id=user.id, role=Role.owner, accepted_at=utcnow())
+    )
     key, secret = keys_service.new_key(
         prefix=key_prefix,
         kind=KeyKind.personal,

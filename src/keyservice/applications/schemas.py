@@ -2,16 +2,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from pydantic.config import JsonDict
 
-from keyservice.accounts.schemas import Name
-
-Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
-Scope = Annotated[str, StringConstraints(min_length=3, max_length=100)]
-ScopeList = Annotated[list[Scope], Field(max_length=100)]
+from keyservice.fields import Description, Name, ScopeList
 
 _EXAMPLE: JsonDict = {
     "name": "Zapier sync",

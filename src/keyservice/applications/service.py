@@ -21,6 +21,7 @@ async def create_application(
 ) -> Application:
     permissions = list(dict.fromkeys(data.permissions))
     scope_rules.check_in_catalogue(permissions, catalogue)
+    scope_rules.check_grantable(actor.scopes, permissions)
     application = Application(
         account_id=actor.account_id,
         name=data.name,
@@ -75,6 +76,7 @@ async def update_application(
     if "permissions" in changes:
         changes["permissions"] = list(dict.fromkeys(changes["permissions"]))
         scope_rules.check_in_catalogue(changes["permissions"], catalogue)
+        scope_rules.check_grantable(actor.scopes, changes["permissions"])
     if "developer_email" in changes:
         changes["developer_email"] = str(changes["developer_email"])
     changed = {

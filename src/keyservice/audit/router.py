@@ -22,7 +22,9 @@ async def list_audit_events(
     session: SessionDep,
     actor: AuditReader,
     page: PageDep,
-    action: Annotated[str | None, Query(max_length=64, examples=["key.revoked"])] = None,
+    action: Annotated[
+        str | None, Query(max_length=64, pattern=r"^[a-z_.]+$", examples=["key.revoked"])
+    ] = None,
 ) -> Page[AuditEventOut]:
     """The account's audit trail, newest first: who changed what, when, and from which address."""
     events, next_cursor = await service.list_events(

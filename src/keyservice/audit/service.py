@@ -20,18 +20,21 @@ async def record(
     target_type: str,
     target_id: uuid.UUID | str,
     details: dict[str, Any] | None = None,
+    account_id: uuid.UUID | None = None,
 ) -> None:
-    """Append to the account's audit trail, in the caller's transaction."""
+    """Append to the account's audit trail (the actor's, unless named), in the caller's
+    transaction."""
     session.add(
         AuditEvent(
-            account_id=actor.account_id,
+            account_id=account_id or actor.account_id,
             actor_key_id=actor.key.id,
             actor_user_id=actor.user_id,
             action=action,
             target_type=target_type,
             target_id=str(target_id),
             details=details or {},
-            client_address=actor.client_address,
+            # Bounded like the column; an address is never longer unless something is off.
+            client_address=actor.client_address[:64] if actor.client_address else None,
         )
     )
 

@@ -8,10 +8,11 @@ from typing import Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from pydantic.config import JsonDict
 
-from keyservice.accounts.schemas import Name
-from keyservice.applications.schemas import Scope
+from keyservice.fields import Name, Scope
 from keyservice.models import KeyKind, KeyStatus
 from keyservice.security import Environment
+
+MAX_EXPIRY_YEAR = 9000
 
 
 class ExpiryPreset(StrEnum):
@@ -58,13 +59,20 @@ class KeyCreate(BaseModel):
     def _one_expiry(self) -> Self:
         if self.expires_in is not None and self.expires_at is not None:
             raise ValueError("give expires_in or expires_at, not both")
-        if self.expires_at is not None and self.expires_at <= datetime.now(UTC):
-            raise ValueError("expires_at must be in the future")
+        if self.expires_at is not None:
+            try:
+                self.expires_at = self.expires_at.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("expires_at is out of range") from None
+            if self.expires_at <= datetime.now(UTC):
+                raise ValueError("expires_at must be in the future")
+            if self.expires_at.year > MAX_EXPIRY_YEAR:
+                raise ValueError(f"expires_at must be before {MAX_EXPIRY_YEAR + 1}")
         return self
 
     def expiry(self, now: datetime) -> datetime | None:
         if self.expires_at is not None:
-            return self.expires_at.astimezone(UTC)
+            return self.expires_at
         delta = (self.expires_in or ExpiryPreset.never).delta
         return now + delta if delta else None
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyservice import scopes as scope_rules
 from keyservice.applications import service as applications_service
 from keyservice.audit import service as audit
-from keyservice.errors import Conflict, NotFound
+from keyservice.errors import Conflict, Forbidden, NotFound
 from keyservice.models import ApiKey, KeyKind, KeyStatus, utcnow
 from keyservice.pagination import PageParams, paginate
 from keyservice.security import Environment, generate_key, hash_key, key_hint
@@ -54,10 +54,12 @@ def new_key(
     return key, secret
 
 
-def check_grantable(actor: Actor, scopes: Sequence[str]) -> None:
-    """No escalation: keyservice's own scopes can only be handed on by a key that holds them."""
-    own = [s for s in scopes if s.startswith(scope_rules.KEYSERVICE_NAMESPACE)]
-    scope_rules.check_within(own, actor.scopes, what="the calling key's own scopes")
+def check_issuable(actor: Actor, scopes: Sequence[str], environment: Environment) -> None:
+    """No escalation: keyservice's own scopes only from a key that holds them, and a ``test``
+    key (handled less carefully than live ones) issues only ``test`` keys."""
+    scope_rules.check_grantable(actor.scopes, scopes)
+    if actor.key.environment is Environment.test and environment is not Environment.test:
+        raise Forbidden("A test key can only issue test keys")
 
 
 async def _issue(
@@ -100,7 +102,7 @@ async def create_application_key(
     scopes = list(dict.fromkeys(scopes))
     scope_rules.check_in_catalogue(scopes, catalogue)
     scope_rules.check_within(scopes, application.permissions, what="the application's permissions")
-    check_grantable(actor, scopes)
+    check_issuable(actor, scopes, environment)
     key, secret = new_key(
         prefix=prefix,
         kind=KeyKind.application,
@@ -131,7 +133,7 @@ async def create_personal_key(
     role there, so it never exceeds what the user may do."""
     scopes = list(dict.fromkeys(scopes))
     scope_rules.check_in_catalogue(scopes, catalogue)
-    check_grantable(actor, scopes)
+    check_issuable(actor, scopes, environment)
     key, secret = new_key(
         prefix=prefix,
         kind=KeyKind.personal,

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
-from keyservice.applications.schemas import Scope
+from keyservice.fields import Scope
 from keyservice.models import KeyKind, Role
 from keyservice.security import Environment
 

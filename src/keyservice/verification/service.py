@@ -120,7 +120,9 @@ async def lookup(session: AsyncSession, key_hash: str) -> KeyRecord | None:
     roles: dict[uuid.UUID, Role] = {}
     if key.user_id is not None:
         memberships = await session.execute(
-            select(Membership.account_id, Membership.role).where(Membership.user_id == key.user_id)
+            select(Membership.account_id, Membership.role).where(
+                Membership.user_id == key.user_id, Membership.accepted_at.is_not(None)
+            )
         )
         roles = dict(memberships.all())
     return KeyRecord(
