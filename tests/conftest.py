@@ -17,9 +17,10 @@ from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from factories import Tenant, create_tenant
 from keyservice import migrate
 from keyservice.config import Settings
-from keyservice.db import create_engine
+from keyservice.db import create_engine, create_sessionmaker
 from keyservice.main import create_app
 
 POSTGRES_URL = os.environ.get(
@@ -196,3 +197,42 @@ def make_app(
 def client_for(app: FastAPI, address: str = "203.0.113.7") -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, client=(address, 50000))
     return httpx.AsyncClient(transport=transport, base_url="http://keyservice.test")
+
+
+# Instances that own their database, on a fresh PostgreSQL database: real commits, NOTIFY, and
+# several instances side by side.
+@pytest.fixture
+async def postgres_url(
+    require_postgres: None, postgres_databases: PostgresDatabases, settings: Settings
+) -> str:
+    url = await postgres_databases.create()
+    await migrate.upgrade(settings, url)
+    return url
+
+
+@pytest.fixture
+async def instances(
+    postgres_url: str, settings: Settings
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, FastAPI]]:
+    # A long TTL, so that only an invalidation can explain a refusal.
+    instance_settings = settings.model_copy(
+        update={"database_url": postgres_url, "cache_ttl_seconds": 3600.0}
+    )
+    first, second = create_app(instance_settings), create_app(instance_settings)
+    async with (
+        first.router.lifespan_context(first),
+        second.router.lifespan_context(second),
+        client_for(first) as a,
+        client_for(second) as b,
+    ):
+        yield a, b, second
+
+
+@pytest.fixture
+async def tenant(postgres_url: str, settings: Settings) -> Tenant:
+    engine = create_engine(settings, postgres_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            return await create_tenant(session)
+    finally:
+        await engine.dispose()

@@ -5,55 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 from fastapi import FastAPI
 
-from conftest import PostgresDatabases, client_for
-from factories import Tenant, auth, create_application, create_key, create_tenant
-from keyservice import migrate
-from keyservice.config import Settings
-from keyservice.db import create_engine, create_sessionmaker
-from keyservice.main import create_app
-
-
-@pytest.fixture
-async def postgres_url(
-    require_postgres: None, postgres_databases: PostgresDatabases, settings: Settings
-) -> str:
-    url = await postgres_databases.create()
-    await migrate.upgrade(settings, url)
-    return url
-
-
-@pytest.fixture
-async def instances(
-    postgres_url: str, settings: Settings
-) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, FastAPI]]:
-    # A long TTL, so that only an invalidation can explain a refusal.
-    instance_settings = settings.model_copy(
-        update={"database_url": postgres_url, "cache_ttl_seconds": 3600.0}
-    )
-    first, second = create_app(instance_settings), create_app(instance_settings)
-    async with (
-        first.router.lifespan_context(first),
-        second.router.lifespan_context(second),
-        client_for(first) as a,
-        client_for(second) as b,
-    ):
-        yield a, b, second
-
-
-@pytest.fixture
-async def tenant(postgres_url: str, settings: Settings) -> Tenant:
-    engine = create_engine(settings, postgres_url)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            return await create_tenant(session)
-    finally:
-        await engine.dispose()
+from factories import Tenant, auth, create_application, create_key
 
 
 async def _refused_within(client: httpx.AsyncClient, key: str, code: str) -> float:

@@ -18,6 +18,9 @@ TABLES = {
     "api_keys",
     "audit_events",
     "login_throttles",
+    "rate_buckets",
+    "usage_counters",
+    "events",
 }
 
 

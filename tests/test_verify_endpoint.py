@@ -201,6 +201,7 @@ async def test_verification_with_caller_authentication(
                 "code": "NOT_FOUND",
                 "detail": "The API key is not valid",
                 "key": None,
+                "rate_limit": None,
             }
             assert str(other.account.id) not in response.text or "account_id" in body
 

@@ -66,15 +66,33 @@ class Settings(BaseSettings):
     )
     verify_block_seconds: int = Field(default=60, ge=1)
 
+    # Rate limits and quotas: the deployment's defaults, which applications and keys may override
+    rate_limit: int | None = Field(
+        default=None, ge=1, description="Requests per rate_period_seconds; unset for no limit."
+    )
+    rate_period_seconds: int = Field(default=1, ge=1, le=86400)
+    rate_burst: int | None = Field(default=None, ge=1, description="Default: rate_limit.")
+    monthly_quota: int | None = Field(default=None, ge=1)
+
+    # Usage metering and alerts
+    usage_flush_seconds: float = Field(default=1.0, gt=0, le=60)
+    usage_max_endpoints: int = Field(
+        default=50, ge=1, description="Endpoints counted apart per key and hour; the rest as other."
+    )
+    quota_alert_percents: Annotated[tuple[int, ...], NoDecode] = Field(default=(80, 100))
+    rate_limited_alert_refusals: int = Field(
+        default=100, ge=1, description="Refusals of a key in an hour that raise an alert."
+    )
+
     # Console sessions and logins
     session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
     login_failures_per_email: int = Field(default=5, ge=1)
     login_failures_per_address: int = Field(default=20, ge=1)
     login_failure_window_seconds: int = Field(default=15 * 60, ge=1)
 
-    @field_validator("scopes", mode="before")
+    @field_validator("scopes", "quota_alert_percents", mode="before")
     @classmethod
-    def _split_scopes(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(s.strip() for s in value.split(",") if s.strip())
         return value

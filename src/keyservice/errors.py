@@ -172,6 +172,29 @@ class TooManyRequests(KeyServiceError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)}, **extensions)
 
 
+class OverLimit(KeyServiceError):
+    """Refused by the key's rate limit or quota; ``headers`` carry the rate-limit fields, and
+    ``decision`` the limiter's verdict (for /verify's answer)."""
+
+    status = 429
+
+    def __init__(self, decision: Any, headers: Mapping[str, str]) -> None:
+        super().__init__(None, headers=headers)
+        self.decision = decision
+
+
+class RateLimited(OverLimit):
+    slug = "rate-limited"
+    title = "The key is over its rate limit"
+    code = "RATE_LIMITED"
+
+
+class QuotaExceeded(OverLimit):
+    slug = "quota-exceeded"
+    title = "The key has used its monthly quota"
+    code = "QUOTA_EXCEEDED"
+
+
 class TooManyFailures(TooManyRequests):
     slug = "too-many-failures"
     title = "Too many failed attempts from this client; try again later"

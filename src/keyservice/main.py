@@ -27,6 +27,7 @@ from keyservice.errors import (
 from keyservice.health import router as health_router
 from keyservice.keys.router import router as keys_router
 from keyservice.migrate import head_revision
+from keyservice.usage.router import router as usage_router
 from keyservice.verification.cache import KeyCache, Listener
 from keyservice.verification.router import router as verification_router
 from keyservice.verification.verifier import Verifier
@@ -99,13 +100,16 @@ def create_app(
             return
         engine = create_engine(settings)
         app.state.sessionmaker = create_sessionmaker(engine)
-        app.state.verifier = Verifier(settings, app.state.sessionmaker, cache)
+        verifier = app.state.verifier = Verifier(settings, app.state.sessionmaker, cache)
         listener = Listener(engine.url, cache) if engine.dialect.name == "postgresql" else None
         try:
             if listener is not None:
                 await listener.start()
+            await verifier.usage.start(settings.usage_flush_seconds)
             yield
         finally:
+            # Graceful shutdown: what was counted since the last flush is written now.
+            await verifier.usage.stop()
             if listener is not None:
                 await listener.stop()
             await engine.dispose()
@@ -140,6 +144,7 @@ def create_app(
         sessions_router,
         applications_router,
         keys_router,
+        usage_router,
         audit_router,
     ):
         app.include_router(router)

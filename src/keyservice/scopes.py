@@ -23,6 +23,7 @@ KEYSERVICE_SCOPES: tuple[str, ...] = (
     "keyservice:keys:read",
     "keyservice:keys:write",
     "keyservice:audit:read",
+    "keyservice:usage:read",
     "keyservice:verify",
 )
 KEYSERVICE_NAMESPACE = "keyservice:"

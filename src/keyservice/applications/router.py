@@ -33,7 +33,7 @@ async def create_application(
     application = await service.create_application(
         session, actor, body, catalogue=catalogue(settings.scopes)
     )
-    return ApplicationOut.model_validate(application)
+    return ApplicationOut.of(application)
 
 
 @router.get("", responses=responses(*AUTH_ERRORS))
@@ -44,9 +44,7 @@ async def list_applications(
     applications, next_cursor = await service.list_applications(
         session, account_id=actor.account_id, page=page
     )
-    return Page(
-        data=[ApplicationOut.model_validate(a) for a in applications], next_cursor=next_cursor
-    )
+    return Page(data=[ApplicationOut.of(a) for a in applications], next_cursor=next_cursor)
 
 
 @router.get("/{application_id}", responses=responses(*AUTH_ERRORS, NotFound))
@@ -57,7 +55,7 @@ async def get_application(
     application = await service.get_application(
         session, account_id=actor.account_id, application_id=application_id
     )
-    return ApplicationOut.model_validate(application)
+    return ApplicationOut.of(application)
 
 
 @router.patch("/{application_id}", responses=responses(*AUTH_ERRORS, NotFound, InvalidScope))
@@ -73,7 +71,7 @@ async def update_application(
     application = await service.update_application(
         session, actor, application_id, body, catalogue=catalogue(settings.scopes)
     )
-    return ApplicationOut.model_validate(application)
+    return ApplicationOut.of(application)
 
 
 @router.delete(

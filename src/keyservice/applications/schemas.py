@@ -7,12 +7,16 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from pydantic.config import JsonDict
 
 from keyservice.fields import Description, Name, ScopeList
+from keyservice.models import Application
+from keyservice.ratelimit.schemas import QUOTA_FIELD, RATE_FIELD, RateLimit
 
 _EXAMPLE: JsonDict = {
     "name": "Zapier sync",
     "developer_email": "dev@partner.example",
     "description": "Two-way sync of contacts and deals",
     "permissions": ["contacts:read", "contacts:write", "deals:read"],
+    "rate_limit": {"limit": 100, "period_seconds": 60, "burst": 100},
+    "monthly_quota": 100000,
 }
 
 
@@ -28,6 +32,8 @@ class ApplicationCreate(BaseModel):
         default_factory=list,
         description="The scopes this application's keys may hold (see `GET /v1/scopes`).",
     )
+    rate_limit: RateLimit | None = RATE_FIELD
+    monthly_quota: int | None = QUOTA_FIELD
 
 
 class ApplicationUpdate(BaseModel):
@@ -44,6 +50,8 @@ class ApplicationUpdate(BaseModel):
         default=None,
         description="Narrowing the permissions narrows what existing keys can do, at once.",
     )
+    rate_limit: RateLimit | None = RATE_FIELD
+    monthly_quota: int | None = QUOTA_FIELD
 
 
 class ApplicationOut(BaseModel):
@@ -66,5 +74,21 @@ class ApplicationOut(BaseModel):
     developer_email: str
     description: str
     permissions: list[str]
+    rate_limit: RateLimit | None
+    monthly_quota: int | None
     created_at: datetime
     updated_at: datetime
+
+    @classmethod
+    def of(cls, application: Application) -> ApplicationOut:
+        return cls(
+            id=application.id,
+            name=application.name,
+            developer_email=application.developer_email,
+            description=application.description,
+            permissions=application.permissions,
+            rate_limit=RateLimit.of(application),
+            monthly_quota=application.monthly_quota,
+            created_at=application.created_at,
+            updated_at=application.updated_at,
+        )

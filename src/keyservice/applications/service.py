@@ -12,6 +12,7 @@ from keyservice.audit import service as audit
 from keyservice.errors import NotFound
 from keyservice.models import Application
 from keyservice.pagination import PageParams, paginate
+from keyservice.ratelimit.schemas import limit_columns
 from keyservice.verification.cache import Target, invalidate
 from keyservice.verification.service import Principal
 
@@ -28,6 +29,8 @@ async def create_application(
         developer_email=str(data.developer_email),
         description=data.description,
         permissions=permissions,
+        monthly_quota=data.monthly_quota,
+        **limit_columns(data.rate_limit),
     )
     session.add(application)
     await session.flush()
@@ -72,7 +75,14 @@ async def update_application(
     application = await get_application(
         session, account_id=actor.account_id, application_id=application_id
     )
-    changes = data.model_dump(exclude_unset=True, exclude_none=True)
+    changes = data.model_dump(
+        exclude_unset=True, exclude_none=True, exclude={"rate_limit", "monthly_quota"}
+    )
+    # For the limits, an explicit null means "inherit again".
+    if "rate_limit" in data.model_fields_set:
+        changes |= limit_columns(data.rate_limit)
+    if "monthly_quota" in data.model_fields_set:
+        changes["monthly_quota"] = data.monthly_quota
     if "permissions" in changes:
         changes["permissions"] = list(dict.fromkeys(changes["permissions"]))
         scope_rules.check_in_catalogue(changes["permissions"], catalogue)
@@ -89,7 +99,8 @@ async def update_application(
     for field, change in changed.items():
         setattr(application, field, change["to"])
     await session.flush()
-    if "permissions" in changed:
+    if changed.keys() - {"name", "developer_email", "description"}:
+        # Permissions and limits are part of every cached key record of the application.
         await invalidate(session, Target("application", application.id))
     await audit.record(
         session,

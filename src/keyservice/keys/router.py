@@ -20,6 +20,7 @@ from keyservice.keys.schemas import (
 )
 from keyservice.models import ApiKey, KeyKind, KeyStatus, utcnow
 from keyservice.pagination import Page, PageDep
+from keyservice.ratelimit.schemas import RateLimit, limit_columns
 from keyservice.scopes import catalogue
 from keyservice.security import Environment
 from keyservice.verification.dependency import (
@@ -59,6 +60,8 @@ def key_out(key: ApiKey) -> KeyOut:
         last_used_at=key.last_used_at,
         expires_at=key.expires_at,
         revoked_at=key.revoked_at,
+        rate_limit=RateLimit.of(key),
+        monthly_quota=key.monthly_quota,
     )
 
 
@@ -94,6 +97,7 @@ async def create_key(
         expires_at=body.expiry(utcnow()),
         catalogue=catalogue(settings.scopes),
         prefix=settings.key_prefix,
+        limits={"monthly_quota": body.monthly_quota, **limit_columns(body.rate_limit)},
     )
     return key_created(key, secret)
 
@@ -129,8 +133,8 @@ async def get_key(session: SessionDep, actor: KeyReader, key_id: uuid.UUID) -> K
 async def update_key(
     session: SessionDep, actor: KeyWriter, key_id: uuid.UUID, body: KeyUpdate
 ) -> KeyOut:
-    """Rename a key."""
-    return key_out(await service.rename_key(session, actor, key_id, name=body.name))
+    """Rename a key, or change its rate limit or monthly quota (null inherits again)."""
+    return key_out(await service.update_key(session, actor, key_id, body))
 
 
 @router.post("/v1/keys/{key_id}/revoke", responses=responses(*AUTH_ERRORS, NotFound))
@@ -183,6 +187,7 @@ async def create_personal_key(
         expires_at=body.expiry(utcnow()),
         catalogue=catalogue(settings.scopes),
         prefix=settings.key_prefix,
+        limits={"monthly_quota": body.monthly_quota, **limit_columns(body.rate_limit)},
     )
     return key_created(key, secret)
 
@@ -216,8 +221,8 @@ async def get_personal_key(session: SessionDep, actor: OwnKeyReader, key_id: uui
 async def update_personal_key(
     session: SessionDep, actor: OwnKeyWriter, key_id: uuid.UUID, body: KeyUpdate
 ) -> KeyOut:
-    """Rename one of the calling user's keys."""
-    return key_out(await service.rename_key(session, actor, key_id, name=body.name))
+    """Rename one of the calling user's keys, or change its limits."""
+    return key_out(await service.update_key(session, actor, key_id, body))
 
 
 @router.post(

@@ -10,6 +10,7 @@ from pydantic.config import JsonDict
 
 from keyservice.fields import Name, Scope
 from keyservice.models import KeyKind, KeyStatus
+from keyservice.ratelimit.schemas import QUOTA_FIELD, RATE_FIELD, RateLimit
 from keyservice.security import Environment
 
 MAX_EXPIRY_YEAR = 9000
@@ -54,6 +55,8 @@ class KeyCreate(BaseModel):
     expires_at: AwareDatetime | None = Field(
         default=None, description="An explicit expiry in the future, with a timezone."
     )
+    rate_limit: RateLimit | None = RATE_FIELD
+    monthly_quota: int | None = QUOTA_FIELD
 
     @model_validator(mode="after")
     def _one_expiry(self) -> Self:
@@ -78,11 +81,21 @@ class KeyCreate(BaseModel):
 
 
 class KeyUpdate(BaseModel):
+    """Fields to change; for the limits, null means inherit again."""
+
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"name": "Staging Webhook"}]}
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "Staging Webhook"},
+                {"rate_limit": {"limit": 10, "period_seconds": 1}, "monthly_quota": None},
+            ]
+        },
     )
 
-    name: Name
+    name: Name | None = None
+    rate_limit: RateLimit | None = RATE_FIELD
+    monthly_quota: int | None = QUOTA_FIELD
 
 
 _KEY_EXAMPLE: JsonDict = {
@@ -101,6 +114,8 @@ _KEY_EXAMPLE: JsonDict = {
     "last_used_at": None,
     "expires_at": "2027-01-30T12:00:00Z",
     "revoked_at": None,
+    "rate_limit": None,
+    "monthly_quota": None,
 }
 
 
@@ -124,6 +139,8 @@ class KeyOut(BaseModel):
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    rate_limit: RateLimit | None = Field(description="The key's own rate limit; null inherits.")
+    monthly_quota: int | None = Field(description="The key's own monthly quota; null inherits.")
 
 
 class KeyCreated(KeyOut):

@@ -13,8 +13,10 @@ from keyservice import scopes as scope_rules
 from keyservice.applications import service as applications_service
 from keyservice.audit import service as audit
 from keyservice.errors import Conflict, Forbidden, NotFound
-from keyservice.models import ApiKey, KeyKind, KeyStatus, utcnow
+from keyservice.keys.schemas import KeyUpdate
+from keyservice.models import ApiKey, Application, KeyKind, KeyStatus, utcnow
 from keyservice.pagination import PageParams, paginate
+from keyservice.ratelimit.schemas import limit_columns
 from keyservice.security import Environment, generate_key, hash_key, key_hint
 from keyservice.verification.cache import Target, invalidate
 from keyservice.verification.service import Actor, Principal, UserPrincipal
@@ -95,6 +97,7 @@ async def create_application_key(
     expires_at: datetime | None,
     catalogue: tuple[str, ...],
     prefix: str,
+    limits: dict[str, int | None] | None = None,
 ) -> tuple[ApiKey, str]:
     application = await applications_service.get_application(
         session, account_id=actor.account_id, application_id=application_id
@@ -114,6 +117,8 @@ async def create_application_key(
         application_id=application.id,
         created_by=actor,
     )
+    for column, value in (limits or {}).items():
+        setattr(key, column, value)
     await _issue(session, actor, key, details={"application_id": str(application.id)})
     return key, secret
 
@@ -128,6 +133,7 @@ async def create_personal_key(
     expires_at: datetime | None,
     catalogue: tuple[str, ...],
     prefix: str,
+    limits: dict[str, int | None] | None = None,
 ) -> tuple[ApiKey, str]:
     """A key of the calling user: its rights in each account are its scopes within the user's
     role there, so it never exceeds what the user may do."""
@@ -144,6 +150,8 @@ async def create_personal_key(
         user_id=actor.user_id,
         created_by=actor,
     )
+    for column, value in (limits or {}).items():
+        setattr(key, column, value)
     await _issue(session, actor, key, details={})
     return key, secret
 
@@ -193,13 +201,26 @@ async def list_keys(
     return await paginate(session, statement, page, created_at=ApiKey.created_at, id_=ApiKey.id)
 
 
-async def rename_key(
-    session: AsyncSession, actor: Actor, key_id: uuid.UUID, *, name: str
+async def update_key(
+    session: AsyncSession, actor: Actor, key_id: uuid.UUID, data: KeyUpdate
 ) -> ApiKey:
+    """Rename a key or change its limits (an explicit null limit inherits again)."""
     key = await get_key(session, actor, key_id)
-    if key.name != name:
-        old = key.name
-        key.name = name
+    changes: dict[str, object] = {}
+    if data.name is not None:
+        changes["name"] = data.name
+    if "rate_limit" in data.model_fields_set:
+        changes |= limit_columns(data.rate_limit)
+    if "monthly_quota" in data.model_fields_set:
+        changes["monthly_quota"] = data.monthly_quota
+    changed = {
+        column: {"from": getattr(key, column), "to": value}
+        for column, value in changes.items()
+        if getattr(key, column) != value
+    }
+    if changed:
+        for column, change in changed.items():
+            setattr(key, column, change["to"])
         await session.flush()
         await invalidate(session, Target("key", key.id))
         await audit.record(
@@ -208,7 +229,7 @@ async def rename_key(
             action="key.updated",
             target_type="api_key",
             target_id=key.id,
-            details={"name": {"from": old, "to": name}},
+            details=changed,
         )
     return key
 
@@ -276,3 +297,7 @@ async def rotate_key(
         details={"grace_period_seconds": int(grace.total_seconds())},
     )
     return key, secret
+
+
+async def get_application_of(session: AsyncSession, key: ApiKey) -> Application | None:
+    return await session.get(Application, key.application_id) if key.application_id else None

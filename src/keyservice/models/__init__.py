@@ -5,8 +5,11 @@ from keyservice.models.api_key import ApiKey, KeyKind, KeyStatus
 from keyservice.models.application import Application
 from keyservice.models.audit_event import AuditEvent
 from keyservice.models.base import Base, utcnow
+from keyservice.models.event import Event
 from keyservice.models.login_throttle import LoginThrottle
 from keyservice.models.membership import Membership, Role
+from keyservice.models.rate_bucket import RateBucket
+from keyservice.models.usage_counter import UsageCounter
 from keyservice.models.user import User
 
 __all__ = [
@@ -15,11 +18,14 @@ __all__ = [
     "Application",
     "AuditEvent",
     "Base",
+    "Event",
     "KeyKind",
     "KeyStatus",
     "LoginThrottle",
     "Membership",
+    "RateBucket",
     "Role",
+    "UsageCounter",
     "User",
     "utcnow",
 ]

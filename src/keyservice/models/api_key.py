@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import CheckConstraint, Enum, ForeignKey, Index, String
+from sqlalchemy import BigInteger, CheckConstraint, Enum, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keyservice.models.base import Base, IdMixin, JSONType, TimestampMixin
@@ -60,6 +60,12 @@ class ApiKey(IdMixin, TimestampMixin, Base):
         ForeignKey("users.id", ondelete="SET NULL"), default=None
     )
     created_by_key_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+
+    # Rate limit and monthly quota overrides; NULL inherits (key -> application -> deployment).
+    rate_limit: Mapped[int | None] = mapped_column(default=None)
+    rate_period_seconds: Mapped[int | None] = mapped_column(default=None)
+    rate_burst: Mapped[int | None] = mapped_column(default=None)
+    monthly_quota: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
     def status_at(self, now: datetime) -> KeyStatus:
         if self.revoked_at is not None:

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from starlette.datastructures import Headers
 
 from keyservice.errors import (
@@ -20,13 +20,15 @@ from keyservice.errors import (
     KeyServiceError,
     MalformedKey,
     MissingKey,
+    QuotaExceeded,
+    RateLimited,
     RevokedKey,
     TooManyFailures,
     UnknownKey,
     ValidationFailed,
 )
 from keyservice.verification.service import Principal, UserPrincipal
-from keyservice.verification.verifier import Verified, Verifier
+from keyservice.verification.verifier import Verifier
 
 # What any route protected by ``require`` may answer, for its OpenAPI ``responses``.
 AUTH_ERRORS: tuple[type[KeyServiceError], ...] = (
@@ -42,6 +44,8 @@ AUTH_ERRORS: tuple[type[KeyServiceError], ...] = (
     AccountForbidden,
     ValidationFailed,
     TooManyFailures,
+    RateLimited,
+    QuotaExceeded,
 )
 USER_AUTH_ERRORS: tuple[type[KeyServiceError], ...] = (*AUTH_ERRORS, Forbidden)
 
@@ -88,24 +92,24 @@ AccountHeader = Annotated[
 ]
 
 
-async def verify_request(
-    request: Request, verifier: Verifier, *scopes: str, account_id: uuid.UUID | None = None
-) -> Verified:
-    return await verifier.verify(
-        key_from_headers(request.headers),
-        scopes=scopes,
-        account_id=account_id,
-        client_address=client_address(request),
-    )
-
-
 def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that verifies the request's key and demands ``scopes`` on its account."""
 
     async def dependency(
-        request: Request, verifier: VerifierDep, account_id: AccountHeader = None
+        request: Request,
+        response: Response,
+        verifier: VerifierDep,
+        account_id: AccountHeader = None,
     ) -> Principal:
-        verified = await verify_request(request, verifier, *scopes, account_id=account_id)
+        route = request.scope.get("route")
+        verified = await verifier.verify(
+            key_from_headers(request.headers),
+            scopes=scopes,
+            account_id=account_id,
+            client_address=client_address(request),
+            endpoint=f"{request.method} {getattr(route, 'path', request.url.path)}",
+        )
+        response.headers.update(verified.headers)
         return verified.principal
 
     return dependency

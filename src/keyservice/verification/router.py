@@ -12,21 +12,29 @@ from keyservice.errors import (
     AccountForbidden,
     BadRequest,
     Forbidden,
-    InsufficientScope,
     KeyServiceError,
     MissingKey,
+    OverLimit,
     TooManyFailures,
     UnknownKey,
     ValidationFailed,
     responses,
 )
+from keyservice.ratelimit.limiter import Decision
+from keyservice.usage.recorder import endpoint_template
 from keyservice.verification.dependency import (
     AUTH_ERRORS,
     VerifierDep,
     client_address,
     key_from_headers,
 )
-from keyservice.verification.schemas import VerifiedKey, VerifyCode, VerifyRequest, VerifyResponse
+from keyservice.verification.schemas import (
+    RateLimitState,
+    VerifiedKey,
+    VerifyCode,
+    VerifyRequest,
+    VerifyResponse,
+)
 from keyservice.verification.verifier import Verified
 
 router = APIRouter(tags=["verification"])
@@ -61,6 +69,7 @@ def verified_key(verified: Verified) -> VerifiedKey:
 )
 async def verify(
     request: Request,
+    response: Response,
     verifier: VerifierDep,
     body: Annotated[VerifyRequest, Body()],
 ) -> VerifyResponse:
@@ -68,7 +77,11 @@ async def verify(
 
     Answers 200 whatever the verdict: `valid` and a machine-readable `code` (`VALID`,
     `MALFORMED`, `NOT_FOUND`, `REVOKED`, `EXPIRED`, `INSUFFICIENT_SCOPE`, `ACCOUNT_REQUIRED`,
-    `ACCOUNT_FORBIDDEN`) and, when valid, the key's identity and rights on the account.
+    `ACCOUNT_FORBIDDEN`, `RATE_LIMITED`, `QUOTA_EXCEEDED`) and, when valid, the key's identity
+    and rights on the account. For a key with a rate limit or quota, `rate_limit` and the
+    `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` (and, when refused, `Retry-After`)
+    headers say where it stands. `cost` spends more than one token; `endpoint` is counted in
+    the key's usage.
     A malformed request is a 422 problem; a client address that keeps failing gets 429.
 
     The key goes in `key`, or in this request's `Authorization`/`x-api-key` header. When the
@@ -86,7 +99,10 @@ async def verify(
         if body.key is None:
             raise ValidationFailed("Send the key to verify in the body's `key`")
         caller = await verifier.verify(
-            header_key, scopes=[VERIFY_SCOPE], client_address=client_address(request)
+            header_key,
+            scopes=[VERIFY_SCOPE],
+            client_address=client_address(request),
+            endpoint="POST /v1/verify",
         )
         # An authenticated caller only learns about keys of its own account.
         if account_id is not None and account_id != caller.principal.account_id:
@@ -102,8 +118,16 @@ async def verify(
         raise ValidationFailed("No key to verify: send it in `key` or in a key header")
     try:
         verified = await verifier.verify(
-            key, scopes=body.scopes, account_id=account_id, client_address=address
+            key,
+            scopes=body.scopes,
+            account_id=account_id,
+            client_address=address,
+            endpoint=body.endpoint,
+            cost=body.cost,
         )
+    except OverLimit as error:
+        response.headers.update(error.headers)
+        return _refused(error, rate_limit_state(error.decision))
     except AccountForbidden as error:
         # An authenticated caller is not told that a key of another account exists.
         return _refused(UnknownKey() if authenticated else error)
@@ -111,12 +135,35 @@ async def verify(
         if error.code is None:
             raise
         return _refused(error)
-    return VerifyResponse(valid=True, code=VerifyCode.VALID, key=verified_key(verified))
+    response.headers.update(verified.headers)
+    return VerifyResponse(
+        valid=True,
+        code=VerifyCode.VALID,
+        key=verified_key(verified),
+        rate_limit=rate_limit_state(verified.decision) if verified.decision else None,
+    )
 
 
-def _refused(error: KeyServiceError) -> VerifyResponse:
+def _refused(error: KeyServiceError, state: RateLimitState | None = None) -> VerifyResponse:
     assert error.code is not None
-    return VerifyResponse(valid=False, code=VerifyCode(error.code), detail=error.detail)
+    return VerifyResponse(
+        valid=False, code=VerifyCode(error.code), detail=error.detail, rate_limit=state
+    )
+
+
+def rate_limit_state(decision: Decision) -> RateLimitState:
+    rate = decision.limits.rate
+    return RateLimitState(
+        limit=rate.limit if rate else None,
+        period_seconds=rate.period_seconds if rate else None,
+        burst=rate.burst if rate else None,
+        remaining=decision.remaining,
+        reset_seconds=decision.reset_seconds,
+        retry_after=decision.retry_after,
+        monthly_quota=decision.limits.monthly_quota,
+        quota_remaining=decision.quota_remaining,
+        quota_reset_seconds=decision.quota_reset_seconds,
+    )
 
 
 FORWARD_AUTH_DOC = """Forward authentication for proxies (nginx `auth_request`, Traefik ForwardAuth,
@@ -156,6 +203,7 @@ async def forward_auth(request: Request, verifier: VerifierDep) -> Response:
         scopes=_forward_scopes(request),
         account_id=account_id,
         client_address=client_address(request),
+        endpoint=_forwarded_endpoint(request),
     )
     principal = verified.principal
     record = principal.key
@@ -172,13 +220,24 @@ async def forward_auth(request: Request, verifier: VerifierDep) -> Response:
         headers["X-Keyservice-User-Id"] = str(record.user_id)
     if verified.grace:
         headers["X-Keyservice-Rotated"] = "true"
-    return Response(status_code=200, headers=headers)
+    return Response(status_code=200, headers=headers | verified.headers)
+
+
+def _forwarded_endpoint(request: Request) -> str:
+    """The client's request, as each proxy tells it: Traefik's X-Forwarded-*, nginx's
+    X-Original-* (set them in the auth location), else Envoy's own method and path."""
+    headers = request.headers
+    method = headers.get("x-forwarded-method") or headers.get("x-original-method")
+    uri = headers.get("x-forwarded-uri") or headers.get("x-original-uri")
+    if uri is None:
+        uri = "/" + request.path_params.get("path", "")
+    return endpoint_template(method or request.method, uri)
 
 
 FORWARD_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 FORWARD_RESPONSES = {
     200: {"description": "Allowed; the `X-Keyservice-*` headers describe the key."},
-    **responses(*AUTH_ERRORS, InsufficientScope),
+    **responses(*AUTH_ERRORS),
 }
 router.add_api_route(
     "/v1/forward-auth",

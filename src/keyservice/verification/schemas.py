@@ -20,6 +20,8 @@ class VerifyCode(StrEnum):
     INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
     ACCOUNT_REQUIRED = "ACCOUNT_REQUIRED"
     ACCOUNT_FORBIDDEN = "ACCOUNT_FORBIDDEN"
+    RATE_LIMITED = "RATE_LIMITED"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
 
 
 class VerifyRequest(BaseModel):
@@ -55,6 +57,9 @@ class VerifyRequest(BaseModel):
         max_length=200,
         description='The endpoint being called, e.g. "GET /v1/contacts", for usage metering.',
     )
+    cost: int = Field(
+        default=1, ge=1, le=10_000, description="Tokens (and quota) this request spends."
+    )
     client_address: IPvAnyAddress | None = Field(
         default=None,
         description="The address of your API's client. Failed verifications are throttled per "
@@ -78,6 +83,20 @@ class VerifiedKey(BaseModel):
         "accepted until `rotated_secret_expires_at`: time to switch to the new secret."
     )
     rotated_secret_expires_at: datetime | None
+
+
+class RateLimitState(BaseModel):
+    """The key's limits and where it stands: the numbers of the rate-limit headers."""
+
+    limit: int | None = Field(description="Requests per period (token bucket), if limited.")
+    period_seconds: int | None
+    burst: int | None
+    remaining: int | None = Field(description="Requests left now (this instance's view).")
+    reset_seconds: int | None = Field(description="Seconds until the bucket is full again.")
+    retry_after: int | None = Field(description="When refused: seconds before trying again.")
+    monthly_quota: int | None
+    quota_remaining: int | None
+    quota_reset_seconds: int | None = Field(description="Seconds until the quota's month ends.")
 
 
 class VerifyResponse(BaseModel):
@@ -117,3 +136,6 @@ class VerifyResponse(BaseModel):
     code: VerifyCode
     detail: str | None = Field(default=None, description="Why the key was refused.")
     key: VerifiedKey | None = Field(default=None, description="Present when `valid`.")
+    rate_limit: RateLimitState | None = Field(
+        default=None, description="For a key with a rate limit or quota."
+    )

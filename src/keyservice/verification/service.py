@@ -16,6 +16,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice import scopes as scope_rules
+from keyservice.config import Settings
 from keyservice.errors import (
     AccountForbidden,
     AccountRequired,
@@ -26,7 +27,10 @@ from keyservice.errors import (
     UnknownKey,
 )
 from keyservice.models import ApiKey, Application, KeyKind, Membership, Role
+from keyservice.ratelimit.policy import Limits, effective_limits
 from keyservice.security import Environment
+
+NO_LIMITS = Limits(rate=None, monthly_quota=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,7 @@ class KeyRecord:
     previous_expires_at: datetime | None
     # For a user's key: the user's role in each account.
     roles: Mapping[uuid.UUID, Role] = field(default_factory=dict)
+    limits: Limits = NO_LIMITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,21 +107,21 @@ class Principal:
             raise InsufficientScope(f"The key lacks the scope {scope!r}", scope=scope)
 
 
-async def lookup(session: AsyncSession, key_hash: str) -> KeyRecord | None:
+async def lookup(session: AsyncSession, key_hash: str, settings: Settings) -> KeyRecord | None:
     """One indexed SELECT by current or previous (rotation grace) hash, plus roles for a user."""
     row = (
         await session.execute(
-            select(ApiKey, Application.permissions)
+            select(ApiKey, Application)
             .outerjoin(Application, Application.id == ApiKey.application_id)
             .where(or_(ApiKey.key_hash == key_hash, ApiKey.previous_hash == key_hash))
         )
     ).first()
     if row is None:
         return None
-    key, permissions = row
+    key, application = row
     scopes = frozenset(key.scopes)
-    if permissions is not None:
-        scopes = scope_rules.intersect(scopes, permissions)
+    if application is not None:
+        scopes = scope_rules.intersect(scopes, application.permissions)
     roles: dict[uuid.UUID, Role] = {}
     if key.user_id is not None:
         memberships = await session.execute(
@@ -140,6 +145,7 @@ async def lookup(session: AsyncSession, key_hash: str) -> KeyRecord | None:
         previous_hash=key.previous_hash,
         previous_expires_at=key.previous_expires_at,
         roles=roles,
+        limits=effective_limits(settings, key, application),
     )
 
 

@@ -1,4 +1,8 @@
-"""The one verification code path, shared by keyservice's own API, /verify and forward-auth."""
+"""The one verification code path, shared by keyservice's own API, /verify and forward-auth.
+
+Format check, lookup (cache first), revocation, expiry, account and scopes, then the key's rate
+limit and quota, and a usage count: in that order, so that a refused request never spends a token.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,21 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyservice.config import Settings
-from keyservice.errors import Forbidden, MalformedKey, MissingKey, TooManyFailures, UnknownKey
+from keyservice.errors import (
+    Forbidden,
+    KeyServiceError,
+    MalformedKey,
+    MissingKey,
+    QuotaExceeded,
+    RateLimited,
+    TooManyFailures,
+    UnknownKey,
+)
 from keyservice.models import utcnow
+from keyservice.ratelimit.limiter import Decision, Limiter, Refusal, rate_limit_headers
 from keyservice.scopes import catalogue
 from keyservice.security import KeyFormatError, parse_key
+from keyservice.usage.recorder import UsageRecorder, quota_events
 from keyservice.verification import service
 from keyservice.verification.cache import KeyCache
 from keyservice.verification.service import KeyRecord, Principal, UserPrincipal
@@ -25,6 +40,12 @@ class Verified:
     principal: Principal
     # Whether the presented secret is the previous one of a rotated key, in its grace period.
     grace: bool
+    # The rate limiter's verdict, for a key with limits.
+    decision: Decision | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return rate_limit_headers(self.decision) if self.decision is not None else {}
 
 
 class Verifier:
@@ -40,6 +61,12 @@ class Verifier:
             per_minute=settings.verify_failures_per_minute,
             block_seconds=settings.verify_block_seconds,
         )
+        self.limiter = Limiter(sessionmaker)
+        self.usage = UsageRecorder(
+            sessionmaker,
+            max_endpoints=settings.usage_max_endpoints,
+            rate_limited_alert_refusals=settings.rate_limited_alert_refusals,
+        )
 
     async def record(self, key_hash: str) -> KeyRecord | None:
         """The key's record: from the cache, else one indexed SELECT (and cached)."""
@@ -48,7 +75,7 @@ class Verifier:
             return record
         generation = self.cache.generation
         async with self.sessionmaker() as session:
-            record = await service.lookup(session, key_hash)
+            record = await service.lookup(session, key_hash, self.settings)
         if record is not None:
             self.cache.put(key_hash, record, generation=generation)
         return record
@@ -67,17 +94,60 @@ class Verifier:
         scopes: Sequence[str] = (),
         account_id: uuid.UUID | None = None,
         client_address: str | None = None,
+        endpoint: str | None = None,
+        cost: int = 1,
     ) -> Verified:
-        """Verify ``key`` for ``scopes`` on ``account_id``; raise the reason it is refused."""
+        """Verify ``key`` for ``scopes`` on ``account_id``, within its limits; count the request
+        as the key's usage of ``endpoint``; raise the reason it is refused."""
         record, grace = await self._authenticate(key, client_address)
-        principal = service.resolve(
-            record,
+        try:
+            principal = service.resolve(
+                record,
+                account_id=account_id,
+                catalogue=self.catalogue,
+                client_address=client_address,
+            )
+        except KeyServiceError:
+            if record.account_id is not None:
+                self.usage.record(record.id, record.account_id, endpoint, allowed=False)
+            raise
+        try:
+            principal.require(*scopes)
+        except KeyServiceError:
+            self.usage.record(record.id, principal.account_id, endpoint, allowed=False)
+            raise
+        decision = None
+        if record.limits.limited:
+            decision = await self.limiter.check(record.id, record.limits, cost)
+            self._quota_alerts(record, principal.account_id, decision, cost)
+            if not decision.allowed:
+                self.usage.record(record.id, principal.account_id, endpoint, allowed=False)
+                error = QuotaExceeded if decision.refused is Refusal.quota else RateLimited
+                raise error(decision, rate_limit_headers(decision))
+        self.usage.record(record.id, principal.account_id, endpoint, allowed=True, cost=cost)
+        return Verified(principal=principal, grace=grace, decision=decision)
+
+    def _quota_alerts(
+        self, record: KeyRecord, account_id: uuid.UUID, decision: Decision, cost: int
+    ) -> None:
+        quota = record.limits.monthly_quota
+        if quota is None or decision.quota_leased is None:
+            return  # only a lease from the shared bucket moves the quota
+        used_before, used = decision.quota_leased
+        if decision.refused is Refusal.quota:
+            # Too little left for this request: as good as used up, the 100% alert.
+            used_before, used = min(used, quota - 1), quota
+        events = quota_events(
+            key_id=record.id,
             account_id=account_id,
-            catalogue=self.catalogue,
-            client_address=client_address,
+            quota=quota,
+            used_before=used_before,
+            used=used,
+            percents=self.settings.quota_alert_percents,
+            month=f"{self.clock():%Y-%m}",
         )
-        principal.require(*scopes)
-        return Verified(principal=principal, grace=grace)
+        for event in events:
+            self.usage.event(event)
 
     def _failed(self, client_address: str | None) -> None:
         # The failure that goes beyond the allowance is already answered with 429.

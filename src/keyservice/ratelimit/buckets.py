@@ -1,0 +1,183 @@
+"""Leasing tokens from a key's shared bucket: one atomic ``UPDATE ... RETURNING``.
+
+Every quantity is computed inside the statement from the row's own columns and the database's
+clock, so that concurrent updaters under READ COMMITTED (PostgreSQL re-evaluates the expressions
+on the row version it locks) or serialised writers (SQLite) can never spend the same tokens twice,
+and instances whose clocks disagree cannot refill it twice.
+
+Exactness over any interval. An instance spends leased tokens after it leased them, so tokens
+leased before an interval starts may be admitted within it. The bucket therefore counts tokens
+leased (beyond the request that took them) in the current and the previous lease window against
+its capacity, and instances drop a lease once it is a window old: at any instant the tokens in the
+bucket plus the tokens held in live leases never exceed the burst, which bounds the requests
+admitted in any interval [t1, t2] by ``burst + rate x (t2 - t1)``. A lease of an instance that
+crashes is simply lost.
+"""
+
+from __future__ import annotations
+
+import typing
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Float,
+    Integer,
+    Table,
+    case,
+    cast,
+    extract,
+    func,
+    literal,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.db import upsert
+from keyservice.models import RateBucket
+
+UNLIMITED = 2**62
+
+_table = typing.cast(Table, RateBucket.__table__)
+_c = _table.c
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseResult:
+    taken: int
+    # The bucket as the statement left it, by the database's clock.
+    tokens: float
+    leased_previous: float
+    leased_current: float
+    window: int
+    now_epoch: float
+    quota_used: int
+
+
+def _greatest(a: Any, b: Any) -> ColumnElement[Any]:
+    return case((a > b, a), else_=b)
+
+
+def _least(a: Any, b: Any) -> ColumnElement[Any]:
+    return case((a < b, a), else_=b)
+
+
+class _Clock:
+    """The database's notion of now, and of the current UTC month, per backend."""
+
+    def __init__(self, dialect: str) -> None:
+        self.postgres = dialect == "postgresql"
+
+    def now(self) -> ColumnElement[float]:
+        if self.postgres:
+            # Stable within the statement, unlike clock_timestamp().
+            return cast(extract("epoch", func.statement_timestamp()), Float)
+        # julianday('now') is stable within one sqlite3_step().
+        return (func.julianday("now") - 2440587.5) * 86400.0
+
+    def month(self) -> ColumnElement[int]:
+        if self.postgres:
+            utc = func.timezone("UTC", func.statement_timestamp())
+            return cast(func.to_char(utc, "YYYYMM"), Integer)
+        return cast(func.strftime("%Y%m", "now"), Integer)
+
+    def floor(self, value: ColumnElement[Any]) -> ColumnElement[int]:
+        # PostgreSQL rounds when casting to an integer; SQLite truncates (floor, for positives).
+        return cast(func.floor(value), BigInteger) if self.postgres else cast(value, BigInteger)
+
+
+async def lease(
+    session: AsyncSession,
+    *,
+    key_id: uuid.UUID,
+    cost: int,
+    want: int,
+    burst: float,
+    rate: float,
+    window_ms: int,
+    quota: int | None,
+) -> LeaseResult:
+    """Take ``want`` tokens (at least ``cost``, else none) from the key's bucket and quota."""
+    clock = _Clock(session.get_bind().dialect.name)
+    now = clock.now()
+    month = clock.month()
+    quota_limit = literal(quota if quota is not None else UNLIMITED, BigInteger)
+
+    window = clock.floor(now * 1000.0 / window_ms)
+    # A changed policy (another window length) keeps both windows' leases: cautious, and brief.
+    keep = (_c.window_ms != window_ms) | (window <= _c.window)
+    previous = case(
+        (keep, _c.leased_previous), (window == _c.window + 1, _c.leased_current), else_=0.0
+    )
+    current = case((keep, _c.leased_current), else_=0.0)
+    capacity = literal(burst, Float) - previous - current
+    elapsed = _greatest(now - _c.refilled_epoch, 0.0)
+    available = _least(capacity, _c.tokens + elapsed * rate)
+    used = case((_c.quota_month == month, _c.quota_used), else_=0)
+    quota_left = quota_limit - used
+    # Near the end of a quota, leases shrink, so that unspent leased quota wastes little of it.
+    quota_share = _greatest(literal(cost, BigInteger), quota_left / 10)
+    take = case(
+        (
+            (available >= cost) & (quota_left >= cost),
+            _least(_least(literal(want, BigInteger), clock.floor(available)), quota_share),
+        ),
+        else_=0,
+    )
+    statement = (
+        update(_table)
+        .where(_c.key_id == key_id)
+        .values(
+            tokens=available - take,
+            refilled_epoch=_greatest(now, _c.refilled_epoch),
+            window=window,
+            window_ms=window_ms,
+            leased_previous=previous,
+            # What the lease keeps beyond the request that took it may be spent later.
+            leased_current=current + case((take > 0, take - cost), else_=0),
+            last_take=take,
+            quota_month=month,
+            quota_used=used + take,
+        )
+        .returning(
+            _c.last_take,
+            _c.tokens,
+            _c.leased_previous,
+            _c.leased_current,
+            _c.window,
+            _c.refilled_epoch,
+            _c.quota_used,
+        )
+    )
+    row = (await session.execute(statement)).first()
+    if row is None:
+        # First use of this key: a full bucket. Concurrent first uses insert once.
+        await session.execute(
+            upsert(session, _table)
+            .values(
+                key_id=key_id,
+                tokens=burst,
+                refilled_epoch=now,
+                window=0,
+                window_ms=window_ms,
+                leased_previous=0.0,
+                leased_current=0.0,
+                last_take=0.0,
+                quota_month=month,
+                quota_used=0,
+            )
+            .on_conflict_do_nothing(index_elements=[_c.key_id])
+        )
+        row = (await session.execute(statement)).one()
+    return LeaseResult(
+        taken=int(row.last_take),
+        tokens=float(row.tokens),
+        leased_previous=float(row.leased_previous),
+        leased_current=float(row.leased_current),
+        window=int(row.window),
+        now_epoch=float(row.refilled_epoch),
+        quota_used=int(row.quota_used),
+    )

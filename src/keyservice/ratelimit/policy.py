@@ -1,0 +1,76 @@
+"""Rate limit and quota policies, and which one applies to a key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from keyservice.config import Settings
+
+# How long a lease may live, at most, and how much of a second of the key's rate it may carry.
+MAX_LEASE_SECONDS = 0.2
+LEASE_SHARE_SECONDS = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class RatePolicy:
+    """A token bucket: ``limit`` requests per ``period_seconds``, holding at most ``burst``."""
+
+    limit: int
+    period_seconds: int
+    burst: int
+
+    @property
+    def rate(self) -> float:
+        return self.limit / self.period_seconds
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a lease lives (also the length of the bucket's lease windows).
+
+        Tokens leased in the current and the previous window count against the bucket's
+        capacity; keeping that to a quarter of the burst leaves the bucket free to serve.
+        """
+        return min(MAX_LEASE_SECONDS, self.burst / (4 * self.rate))
+
+    def lease_size(self, cost: int) -> int:
+        """Tokens to lease for a request of ``cost``: the cost itself for a slow key (exact, one
+        write per request), a share of a second of the rate for a fast one (one write per lease)."""
+        share = int(self.rate * min(LEASE_SHARE_SECONDS, self.lease_seconds))
+        return max(cost, min(share, self.burst))
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    rate: RatePolicy | None
+    monthly_quota: int | None
+
+    @property
+    def limited(self) -> bool:
+        return self.rate is not None or self.monthly_quota is not None
+
+
+class HasLimits(Protocol):
+    rate_limit: int | None
+    rate_period_seconds: int | None
+    rate_burst: int | None
+    monthly_quota: int | None
+
+
+def _rate(limit: int, period: int | None, burst: int | None) -> RatePolicy:
+    return RatePolicy(limit=limit, period_seconds=period or 1, burst=burst or limit)
+
+
+def effective_limits(settings: Settings, *layers: HasLimits | None) -> Limits:
+    """The first layer (key, then application) that sets a rate limit gives it whole, limit,
+    period and burst; the quota is inherited apart."""
+    rate = None
+    quota = settings.monthly_quota
+    for layer in reversed([layer for layer in layers if layer is not None]):
+        if layer.rate_limit is not None:
+            rate = _rate(layer.rate_limit, layer.rate_period_seconds, layer.rate_burst)
+        if layer.monthly_quota is not None:
+            quota = layer.monthly_quota
+    if rate is None and settings.rate_limit is not None:
+        rate = _rate(settings.rate_limit, settings.rate_period_seconds, settings.rate_burst)
+    return Limits(rate=rate, monthly_quota=quota)

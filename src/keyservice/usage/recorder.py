@@ -1,0 +1,319 @@
+"""Usage counters, aggregated in memory and written in batches.
+
+Each verification of a known key adds one to a counter per (key, account, endpoint, hour), allowed
+and refused apart. Every ``usage_flush_seconds`` (and when the app shuts down) the counters are
+written with one multi-row ``INSERT ... ON CONFLICT DO UPDATE`` per thousand rows, in the same
+transaction as the keys' ``last_used_at`` and any alert events. A failed flush keeps its counts for
+the next one. A crash loses at most what was counted since the last flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, func, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from keyservice.db import upsert
+from keyservice.models import ApiKey, Event, UsageCounter, utcnow
+from keyservice.models.base import UTCDateTime
+
+logger = logging.getLogger(__name__)
+
+OTHER = "other"
+UNSPECIFIED = "unspecified"
+MAX_ENDPOINT_LENGTH = 200
+ROWS_PER_STATEMENT = 1000
+
+_ID_SEGMENT = re.compile(
+    r"^(\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|(?=[A-Za-z_-]*\d)[0-9A-Za-z_-]{16,})$"
+)
+
+
+def endpoint_template(method: str, path: str) -> str:
+    """``GET /v1/contacts/42?x=1`` -> ``GET /v1/contacts/{id}``: ids would make every call its own
+    endpoint."""
+    path = path.split("?", 1)[0] or "/"
+    segments = ["{id}" if _ID_SEGMENT.match(s) else s for s in path.split("/")]
+    return f"{method.upper()} {'/'.join(segments)}"[:MAX_ENDPOINT_LENGTH]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    account_id: uuid.UUID
+    type: str
+    key_id: uuid.UUID | None
+    data: dict[str, Any]
+    dedupe_key: str
+
+
+@dataclass(slots=True)
+class _Batch:
+    counts: dict[tuple[uuid.UUID, uuid.UUID, str, datetime], list[int]] = field(
+        default_factory=dict
+    )
+    last_used: dict[uuid.UUID, datetime] = field(default_factory=dict)
+    events: dict[str, PendingEvent] = field(default_factory=dict)
+
+    def merge(self, other: _Batch) -> None:
+        for counter, (allowed, refused) in other.counts.items():
+            mine = self.counts.setdefault(counter, [0, 0])
+            mine[0] += allowed
+            mine[1] += refused
+        for key_id, at in other.last_used.items():
+            self.last_used[key_id] = max(at, self.last_used.get(key_id, at))
+        self.events = other.events | self.events
+
+    def __bool__(self) -> bool:
+        return bool(self.counts or self.last_used or self.events)
+
+
+class UsageRecorder:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        max_endpoints: int,
+        rate_limited_alert_refusals: int,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.max_endpoints = max_endpoints
+        self.rate_limited_alert_refusals = rate_limited_alert_refusals
+        self._clock = clock
+        self._batch = _Batch()
+        # Endpoints counted apart this hour, per key (this instance's view).
+        self._endpoints: dict[tuple[uuid.UUID, datetime], set[str]] = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def record(
+        self,
+        key_id: uuid.UUID,
+        account_id: uuid.UUID,
+        endpoint: str | None,
+        *,
+        allowed: bool,
+        cost: int = 1,
+    ) -> None:
+        now = self._clock()
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        name = (endpoint or UNSPECIFIED)[:MAX_ENDPOINT_LENGTH]
+        seen = self._endpoints.setdefault((key_id, hour), set())
+        if name not in seen:
+            if len(seen) >= self.max_endpoints:
+                name = OTHER
+            else:
+                seen.add(name)
+        counter = self._batch.counts.get((key_id, account_id, name, hour))
+        if counter is None:
+            counter = self._batch.counts[(key_id, account_id, name, hour)] = [0, 0]
+        counter[0 if allowed else 1] += cost
+        self._batch.last_used[key_id] = now
+
+    def event(self, event: PendingEvent) -> None:
+        self._batch.events[event.dedupe_key] = event
+
+    async def flush(self) -> int:
+        """Write what was counted since the last flush; return the number of counter rows."""
+        async with self._lock:
+            batch, self._batch = self._batch, _Batch()
+            if not batch:
+                return 0
+            try:
+                async with self.sessionmaker() as session, session.begin():
+                    await self._write(session, batch)
+            except Exception:
+                # Keep the counts for the next flush rather than lose them.
+                batch.merge(self._batch)
+                self._batch = batch
+                logger.exception("usage flush failed; its counts are kept for the next one")
+                return 0
+            self._prune_endpoints()
+            return len(batch.counts)
+
+    async def _write(self, session: AsyncSession, batch: _Batch) -> None:
+        key_ids = {key_id for key_id, *_ in batch.counts} | set(batch.last_used)
+        existing = set(
+            (await session.scalars(select(ApiKey.id).where(ApiKey.id.in_(key_ids)))).all()
+        )
+        rows = [
+            {
+                "key_id": key_id,
+                "account_id": account_id,
+                "endpoint": endpoint,
+                "hour": hour,
+                "allowed": allowed,
+                "refused": refused,
+            }
+            for (key_id, account_id, endpoint, hour), (allowed, refused) in batch.counts.items()
+            if key_id in existing  # a key deleted since has no counters to keep
+        ]
+        table = UsageCounter.__table__
+        for start in range(0, len(rows), ROWS_PER_STATEMENT):
+            statement = upsert(session, table).values(rows[start : start + ROWS_PER_STATEMENT])
+            await session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["key_id", "endpoint", "hour"],
+                    set_={
+                        "allowed": table.c.allowed + statement.excluded.allowed,
+                        "refused": table.c.refused + statement.excluded.refused,
+                    },
+                )
+            )
+        last_used = [(k, at) for k, at in batch.last_used.items() if k in existing]
+        if last_used:
+            await self._touch(session, last_used)
+        refusing = {
+            (key_id, account_id, hour)
+            for (key_id, account_id, _, hour), (_, refused) in batch.counts.items()
+            if refused and key_id in existing
+        }
+        for event in self._rate_limited_events(await self._refusals(session, refusing)):
+            batch.events.setdefault(event.dedupe_key, event)
+        if batch.events:
+            await self._write_events(session, batch.events.values())
+
+    @staticmethod
+    async def _touch(session: AsyncSession, last_used: list[tuple[uuid.UUID, datetime]]) -> None:
+        # One statement per thousand keys (a CASE works alike on both backends), never moving
+        # last_used_at backwards, and not touching updated_at: using a key is no change to it.
+        for start in range(0, len(last_used), ROWS_PER_STATEMENT):
+            chunk = dict(last_used[start : start + ROWS_PER_STATEMENT])
+            at = case(
+                *(
+                    (ApiKey.id == key_id, literal(moment, UTCDateTime()))
+                    for key_id, moment in chunk.items()
+                )
+            )
+            await session.execute(
+                update(ApiKey)
+                .where(ApiKey.id.in_(chunk))
+                .where(ApiKey.last_used_at.is_(None) | (ApiKey.last_used_at < at))
+                .values(last_used_at=at, updated_at=ApiKey.updated_at)
+                .execution_options(synchronize_session=False)
+            )
+
+    async def _refusals(
+        self, session: AsyncSession, refusing: set[tuple[uuid.UUID, uuid.UUID, datetime]]
+    ) -> list[tuple[uuid.UUID, uuid.UUID, datetime, int]]:
+        if not refusing:
+            return []
+        hours = {hour for _, _, hour in refusing}
+        keys = {key_id for key_id, _, _ in refusing}
+        rows = await session.execute(
+            select(
+                UsageCounter.key_id,
+                UsageCounter.account_id,
+                UsageCounter.hour,
+                func.sum(UsageCounter.refused),
+            )
+            .where(UsageCounter.key_id.in_(keys), UsageCounter.hour.in_(hours))
+            .group_by(UsageCounter.key_id, UsageCounter.account_id, UsageCounter.hour)
+            .having(func.sum(UsageCounter.refused) >= self.rate_limited_alert_refusals)
+        )
+        return [(k, a, h, int(n)) for k, a, h, n in rows.all()]
+
+    def _rate_limited_events(
+        self, rows: Iterable[tuple[uuid.UUID, uuid.UUID, datetime, int]]
+    ) -> Iterable[PendingEvent]:
+        for key_id, account_id, hour, refused in rows:
+            yield PendingEvent(
+                account_id=account_id,
+                type="usage.threshold",
+                key_id=key_id,
+                data={
+                    "key_id": str(key_id),
+                    "kind": "refusals",
+                    "hour": hour.isoformat(),
+                    "refused": refused,
+                    "threshold": self.rate_limited_alert_refusals,
+                },
+                dedupe_key=f"refusals:{key_id}:{hour:%Y%m%d%H}",
+            )
+
+    @staticmethod
+    async def _write_events(session: AsyncSession, events: Iterable[PendingEvent]) -> None:
+        table = Event.__table__
+        rows = [
+            {
+                "id": uuid.uuid4(),
+                "account_id": e.account_id,
+                "type": e.type,
+                "key_id": e.key_id,
+                "data": e.data,
+                "dedupe_key": e.dedupe_key,
+                "created_at": utcnow(),
+            }
+            for e in events
+        ]
+        await session.execute(
+            upsert(session, table)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        )
+
+    def _prune_endpoints(self) -> None:
+        hour = self._clock().replace(minute=0, second=0, microsecond=0)
+        for stale in [k for k in self._endpoints if k[1] < hour]:
+            del self._endpoints[stale]
+
+    async def start(self, interval: float) -> None:
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                await self.flush()
+
+        self._task = asyncio.create_task(run(), name="keyservice-usage-flusher")
+
+    async def stop(self) -> None:
+        """Stop the periodic flush and write what is left (graceful shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+
+def quota_events(
+    *,
+    key_id: uuid.UUID,
+    account_id: uuid.UUID,
+    quota: int,
+    used_before: int,
+    used: int,
+    percents: Iterable[int],
+    month: str,
+) -> list[PendingEvent]:
+    """``usage.threshold`` events for the quota thresholds that ``used`` crossed."""
+    events = []
+    for percent in percents:
+        threshold = math.ceil(quota * percent / 100)
+        if used_before < threshold <= used:
+            events.append(
+                PendingEvent(
+                    account_id=account_id,
+                    type="usage.threshold",
+                    key_id=key_id,
+                    data={
+                        "key_id": str(key_id),
+                        "kind": "monthly_quota",
+                        "percent": percent,
+                        "quota": quota,
+                        "used": used,
+                        "month": month,
+                    },
+                    dedupe_key=f"quota:{key_id}:{month}:{percent}",
+                )
+            )
+    return events

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import AwareDatetime
+
+from keyservice.config import SettingsDep
+from keyservice.db import SessionDep
+from keyservice.errors import NotFound, responses
+from keyservice.keys import service as keys_service
+from keyservice.models import utcnow
+from keyservice.pagination import Page, PageDep
+from keyservice.ratelimit.policy import effective_limits
+from keyservice.ratelimit.schemas import RateLimit
+from keyservice.usage import service
+from keyservice.usage.schemas import AccountUsage, EventOut, Granularity, KeyUsage, Limits
+from keyservice.verification.dependency import AUTH_ERRORS, require
+from keyservice.verification.service import Principal
+
+router = APIRouter(tags=["usage"])
+
+UsageReader = Annotated[Principal, Depends(require("keyservice:usage:read"))]
+GranularityQuery = Annotated[Granularity, Query(description="`hour` or `day`.")]
+StartQuery = Annotated[
+    AwareDatetime | None, Query(description="Series start; default 24 h (hour) or 30 days ago.")
+]
+EndQuery = Annotated[AwareDatetime | None, Query(description="Series end; default now.")]
+
+
+@router.get("/v1/keys/{key_id}/usage", responses=responses(*AUTH_ERRORS, NotFound))
+async def get_key_usage(
+    session: SessionDep,
+    settings: SettingsDep,
+    actor: UsageReader,
+    key_id: uuid.UUID,
+    granularity: GranularityQuery = Granularity.hour,
+    start: StartQuery = None,
+    end: EndQuery = None,
+) -> KeyUsage:
+    """One key's usage for its usage page, in one call: requests this hour and this month
+    (allowed and refused apart), a series by hour (up to 31 days) or by day (up to 366), the
+    busiest endpoints, and its limits with what is left of its monthly quota."""
+    key = await keys_service.get_key(session, actor, key_id)
+    hour, month, series, endpoints = await service.key_usage(
+        session, key, granularity=granularity, start=start, end=end
+    )
+    application = await keys_service.get_application_of(session, key)
+    limits = effective_limits(settings, key, application)
+    quota = limits.monthly_quota
+    return KeyUsage(
+        key_id=key.id,
+        current_hour=hour,
+        current_month=month,
+        series=series,
+        top_endpoints=endpoints,
+        limits=Limits(
+            rate_limit=RateLimit(
+                limit=limits.rate.limit,
+                period_seconds=limits.rate.period_seconds,
+                burst=limits.rate.burst,
+            )
+            if limits.rate
+            else None,
+            monthly_quota=quota,
+            quota_remaining=max(0, quota - month.allowed) if quota is not None else None,
+            quota_resets_at=service.next_month_start(utcnow()) if quota is not None else None,
+        ),
+    )
+
+
+@router.get("/v1/usage", responses=responses(*AUTH_ERRORS))
+async def get_account_usage(
+    session: SessionDep,
+    actor: UsageReader,
+    granularity: GranularityQuery = Granularity.hour,
+    start: StartQuery = None,
+    end: EndQuery = None,
+) -> AccountUsage:
+    """The account's usage across all its keys: this hour, this month, a series, the busiest
+    endpoints and keys."""
+    hour, month, series, endpoints, keys = await service.account_usage(
+        session, actor.account_id, granularity=granularity, start=start, end=end
+    )
+    return AccountUsage(
+        current_hour=hour,
+        current_month=month,
+        series=series,
+        top_endpoints=endpoints,
+        top_keys=keys,
+    )
+
+
+@router.get("/v1/events", tags=["events"], responses=responses(*AUTH_ERRORS))
+async def list_events(
+    session: SessionDep,
+    actor: UsageReader,
+    page: PageDep,
+    type: Annotated[
+        str | None, Query(max_length=64, pattern=r"^[a-z_.]+$", examples=["usage.threshold"])
+    ] = None,
+    key_id: Annotated[uuid.UUID | None, Query()] = None,
+) -> Page[EventOut]:
+    """The account's events, newest first: `usage.threshold` when a key crosses 80% and 100% of
+    its monthly quota, or keeps being refused within an hour. Each is recorded once per
+    threshold and period; webhooks deliver from this list."""
+    events, next_cursor = await service.list_events(
+        session, account_id=actor.account_id, page=page, type_=type, key_id=key_id
+    )
+    return Page(data=[EventOut.model_validate(e) for e in events], next_cursor=next_cursor)

@@ -1,0 +1,188 @@
+"""Reading usage: current hour and month, a series by hour or day, the busiest endpoints and keys,
+and what is left of a quota. Counts are as of the last flush (about a second behind)."""
+
+from __future__ import annotations
+
+import uuid
+from calendar import monthrange
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.errors import ValidationFailed
+from keyservice.models import ApiKey, Event, UsageCounter, utcnow
+from keyservice.pagination import PageParams, paginate
+from keyservice.usage.schemas import (
+    Counts,
+    EndpointCounts,
+    Granularity,
+    KeyCounts,
+    Point,
+    Series,
+)
+
+MAX_POINTS = {Granularity.hour: 24 * 31, Granularity.day: 366}
+DEFAULT_SPAN = {Granularity.hour: timedelta(hours=24), Granularity.day: timedelta(days=30)}
+TOP = 10
+
+_total = func.sum(UsageCounter.allowed + UsageCounter.refused)
+
+
+def _floor(moment: datetime, granularity: Granularity) -> datetime:
+    moment = moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return moment.replace(hour=0) if granularity is Granularity.day else moment
+
+
+def month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month_start(now: datetime) -> datetime:
+    return month_start(now) + timedelta(days=monthrange(now.year, now.month)[1])
+
+
+def window(
+    granularity: Granularity, start: datetime | None, end: datetime | None
+) -> tuple[datetime, datetime]:
+    """``[start, end)`` aligned to the granularity; the default is the last day (by hour) or the
+    last 30 days (by day), up to now."""
+    step = timedelta(hours=1) if granularity is Granularity.hour else timedelta(days=1)
+    # By default the series ends with the current hour or day, included.
+    end = _floor(end, granularity) if end else _floor(utcnow(), granularity) + step
+    start = _floor(start, granularity) if start else end - DEFAULT_SPAN[granularity]
+    if start >= end:
+        raise ValidationFailed("`start` must be before `end`")
+    if (end - start) / step > MAX_POINTS[granularity]:
+        raise ValidationFailed(
+            f"At most {MAX_POINTS[granularity]} points by {granularity.value}; narrow the range"
+        )
+    return start, end
+
+
+async def _counts(
+    session: AsyncSession, scope: ColumnElement[bool], now: datetime
+) -> tuple[Counts, Counts]:
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    recent = UsageCounter.hour >= hour
+    row = (
+        await session.execute(
+            select(
+                func.coalesce(func.sum(case((recent, UsageCounter.allowed), else_=0)), 0),
+                func.coalesce(func.sum(case((recent, UsageCounter.refused), else_=0)), 0),
+                func.coalesce(func.sum(UsageCounter.allowed), 0),
+                func.coalesce(func.sum(UsageCounter.refused), 0),
+            ).where(scope, UsageCounter.hour >= month_start(now))
+        )
+    ).one()
+    return (
+        Counts(allowed=int(row[0]), refused=int(row[1])),
+        Counts(allowed=int(row[2]), refused=int(row[3])),
+    )
+
+
+async def _series(
+    session: AsyncSession,
+    scope: ColumnElement[bool],
+    granularity: Granularity,
+    start: datetime,
+    end: datetime,
+) -> Series:
+    rows = await session.execute(
+        select(UsageCounter.hour, func.sum(UsageCounter.allowed), func.sum(UsageCounter.refused))
+        .where(scope, UsageCounter.hour >= start, UsageCounter.hour < end)
+        .group_by(UsageCounter.hour)
+    )
+    step = timedelta(hours=1) if granularity is Granularity.hour else timedelta(days=1)
+    points: dict[datetime, list[int]] = {}
+    moment = start
+    while moment < end:
+        points[moment] = [0, 0]
+        moment += step
+    # Hours are summed into days here: the same on every backend, and at most 744 rows a key.
+    for hour, allowed, refused in rows.all():
+        bucket = points[_floor(hour, granularity)]
+        bucket[0] += int(allowed)
+        bucket[1] += int(refused)
+    return Series(
+        granularity=granularity,
+        start=start,
+        end=end,
+        points=[Point(start=s, allowed=a, refused=r) for s, (a, r) in points.items()],
+    )
+
+
+async def _top_endpoints(
+    session: AsyncSession, scope: ColumnElement[bool], start: datetime, end: datetime
+) -> list[EndpointCounts]:
+    rows = await session.execute(
+        select(
+            UsageCounter.endpoint, func.sum(UsageCounter.allowed), func.sum(UsageCounter.refused)
+        )
+        .where(scope, UsageCounter.hour >= start, UsageCounter.hour < end)
+        .group_by(UsageCounter.endpoint)
+        .order_by(_total.desc(), UsageCounter.endpoint)
+        .limit(TOP)
+    )
+    return [EndpointCounts(endpoint=e, allowed=int(a), refused=int(r)) for e, a, r in rows.all()]
+
+
+async def key_usage(
+    session: AsyncSession,
+    key: ApiKey,
+    *,
+    granularity: Granularity,
+    start: datetime | None,
+    end: datetime | None,
+) -> tuple[Counts, Counts, Series, list[EndpointCounts]]:
+    start, end = window(granularity, start, end)
+    scope = UsageCounter.key_id == key.id
+    hour, month = await _counts(session, scope, utcnow())
+    series = await _series(session, scope, granularity, start, end)
+    return hour, month, series, await _top_endpoints(session, scope, start, end)
+
+
+async def account_usage(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    *,
+    granularity: Granularity,
+    start: datetime | None,
+    end: datetime | None,
+) -> tuple[Counts, Counts, Series, list[EndpointCounts], list[KeyCounts]]:
+    start, end = window(granularity, start, end)
+    scope = UsageCounter.account_id == account_id
+    hour, month = await _counts(session, scope, utcnow())
+    series = await _series(session, scope, granularity, start, end)
+    top_keys = await session.execute(
+        select(
+            UsageCounter.key_id,
+            ApiKey.name,
+            func.sum(UsageCounter.allowed),
+            func.sum(UsageCounter.refused),
+        )
+        .join(ApiKey, ApiKey.id == UsageCounter.key_id)
+        .where(scope, UsageCounter.hour >= start, UsageCounter.hour < end)
+        .group_by(UsageCounter.key_id, ApiKey.name)
+        .order_by(_total.desc(), UsageCounter.key_id)
+        .limit(TOP)
+    )
+    keys = [KeyCounts(key_id=k, name=n, allowed=int(a), refused=int(r)) for k, n, a, r in top_keys]
+    return hour, month, series, await _top_endpoints(session, scope, start, end), keys
+
+
+async def list_events(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    page: PageParams,
+    type_: str | None = None,
+    key_id: uuid.UUID | None = None,
+) -> tuple[Sequence[Event], str | None]:
+    statement = select(Event).where(Event.account_id == account_id)
+    if type_ is not None:
+        statement = statement.where(Event.type == type_)
+    if key_id is not None:
+        statement = statement.where(Event.key_id == key_id)
+    return await paginate(session, statement, page, created_at=Event.created_at, id_=Event.id)

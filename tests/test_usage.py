@@ -1,0 +1,177 @@
+"""Usage metering: what each key did, per endpoint and hour, and the usage API that shows it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conftest import client_for
+from factories import auth, create_application, create_key, create_tenant
+from keyservice.usage.recorder import endpoint_template
+
+
+async def _flush(app: FastAPI) -> None:
+    await app.state.verifier.usage.flush()
+
+
+async def test_counts_per_endpoint_allowed_and_refused(
+    client: httpx.AsyncClient, session: AsyncSession, app: FastAPI
+) -> None:
+    tenant = await create_tenant(session)
+    application = await create_application(client, tenant, monthly_quota=1000)
+    created = await create_key(client, tenant, application["id"], scopes=["contacts:read"])
+    key = created["key"]
+    for _ in range(3):
+        await client.post("/v1/verify", json={"key": key, "endpoint": "GET /v1/contacts"})
+    await client.post("/v1/verify", json={"key": key, "endpoint": "POST /v1/contacts"})
+    await client.post(
+        "/v1/verify",
+        json={"key": key, "endpoint": "POST /v1/deals", "scopes": ["deals:write"]},
+    )
+    await client.get("/v1/forward-auth/v1/contacts/42", headers=auth(key))
+    await _flush(app)
+
+    usage = (await client.get(f"/v1/keys/{created['id']}/usage", headers=tenant.headers)).json()
+    assert usage["current_hour"] == {"allowed": 5, "refused": 1}
+    assert usage["current_month"] == {"allowed": 5, "refused": 1}
+    assert usage["top_endpoints"] == [
+        {"endpoint": "GET /v1/contacts", "allowed": 3, "refused": 0},
+        {"endpoint": "GET /v1/contacts/{id}", "allowed": 1, "refused": 0},
+        {"endpoint": "POST /v1/contacts", "allowed": 1, "refused": 0},
+        {"endpoint": "POST /v1/deals", "allowed": 0, "refused": 1},
+    ]
+    series = usage["series"]
+    assert series["granularity"] == "hour"
+    assert len(series["points"]) == 24
+    assert sum(p["allowed"] for p in series["points"]) == 5
+    assert series["points"][-1]["allowed"] == 5  # the current hour, last
+    assert usage["limits"]["monthly_quota"] == 1000
+    assert usage["limits"]["quota_remaining"] == 995
+    resets = datetime.fromisoformat(usage["limits"]["quota_resets_at"])
+    assert resets.day == 1
+    assert resets > datetime.now(UTC)
+
+    listed = (await client.get(f"/v1/keys/{created['id']}", headers=tenant.headers)).json()
+    assert listed["last_used_at"] is not None
+
+    by_day = (
+        await client.get(
+            f"/v1/keys/{created['id']}/usage",
+            params={"granularity": "day"},
+            headers=tenant.headers,
+        )
+    ).json()["series"]
+    assert len(by_day["points"]) == 30
+    assert by_day["points"][-1]["allowed"] == 5
+
+
+async def test_counts_accumulate_across_flushes(
+    client: httpx.AsyncClient, session: AsyncSession, app: FastAPI
+) -> None:
+    tenant = await create_tenant(session)
+    application = await create_application(client, tenant)
+    created = await create_key(client, tenant, application["id"])
+    for _ in range(3):
+        for _ in range(4):
+            await client.post("/v1/verify", json={"key": created["key"], "endpoint": "GET /x"})
+        await _flush(app)
+    usage = (await client.get(f"/v1/keys/{created['id']}/usage", headers=tenant.headers)).json()
+    assert usage["current_hour"]["allowed"] == 12
+
+
+async def test_endpoints_are_bounded_per_key_and_hour(
+    session: AsyncSession, make_app: Callable[..., FastAPI]
+) -> None:
+    app = make_app(usage_max_endpoints=3)
+    async with client_for(app) as client:
+        tenant = await create_tenant(session)
+        application = await create_application(client, tenant)
+        created = await create_key(client, tenant, application["id"])
+        for n in range(6):
+            await client.post("/v1/verify", json={"key": created["key"], "endpoint": f"GET /e{n}"})
+        await _flush(app)
+        usage = (await client.get(f"/v1/keys/{created['id']}/usage", headers=tenant.headers)).json()
+    counts = {e["endpoint"]: e["allowed"] for e in usage["top_endpoints"]}
+    assert counts == {"GET /e0": 1, "GET /e1": 1, "GET /e2": 1, "other": 3}
+
+
+async def test_management_calls_count_by_route_template(
+    client: httpx.AsyncClient, session: AsyncSession, app: FastAPI
+) -> None:
+    tenant = await create_tenant(session)
+    application = await create_application(client, tenant)
+    await client.get(f"/v1/applications/{application['id']}", headers=tenant.headers)
+    await _flush(app)
+    usage = (await client.get("/v1/usage", headers=tenant.headers)).json()
+    endpoints = {e["endpoint"] for e in usage["top_endpoints"]}
+    assert "GET /v1/applications/{application_id}" in endpoints
+    assert "POST /v1/applications" in endpoints
+    assert usage["top_keys"][0]["name"] == "Owner key (bootstrap)"
+
+
+async def test_account_usage_is_the_accounts_own(
+    client: httpx.AsyncClient, session: AsyncSession, app: FastAPI
+) -> None:
+    first = await create_tenant(session, "First")
+    second = await create_tenant(session, "Second")
+    first_app = await create_application(client, first)
+    key = await create_key(client, first, first_app["id"])
+    for _ in range(4):
+        await client.post("/v1/verify", json={"key": key["key"], "endpoint": "GET /secret"})
+    await _flush(app)
+    theirs = (await client.get("/v1/usage", headers=second.headers)).json()
+    assert "GET /secret" not in str(theirs)
+    assert key["id"] not in str(theirs)
+    response = await client.get(f"/v1/keys/{key['id']}/usage", headers=second.headers)
+    assert response.status_code == 404
+    mine = (await client.get("/v1/usage", headers=first.headers)).json()
+    assert {"endpoint": "GET /secret", "allowed": 4, "refused": 0} in mine["top_endpoints"]
+
+
+async def test_ranges_are_bounded(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    tenant = await create_tenant(session)
+    now = datetime.now(UTC)
+    for params in (
+        {"granularity": "hour", "start": (now - timedelta(days=40)).isoformat()},
+        {"granularity": "day", "start": (now - timedelta(days=400)).isoformat()},
+        {"start": now.isoformat(), "end": (now - timedelta(days=1)).isoformat()},
+        {"granularity": "minute"},
+        {"start": "2026-01-01T00:00:00"},
+    ):
+        response = await client.get("/v1/usage", params=params, headers=tenant.headers)
+        assert response.status_code == 422, params
+
+
+async def test_keeping_refused_raises_one_alert_per_hour(
+    session: AsyncSession, make_app: Callable[..., FastAPI]
+) -> None:
+    app = make_app(rate_limited_alert_refusals=3)
+    async with client_for(app) as client:
+        tenant = await create_tenant(session)
+        application = await create_application(client, tenant)
+        created = await create_key(
+            client, tenant, application["id"], rate_limit={"limit": 1, "period_seconds": 3600}
+        )
+        for _ in range(6):
+            await client.post("/v1/verify", json={"key": created["key"]})
+            await _flush(app)
+        events = (await client.get("/v1/events", headers=tenant.headers)).json()["data"]
+    assert len(events) == 1
+    assert events[0]["type"] == "usage.threshold"
+    assert events[0]["data"]["kind"] == "refusals"
+    assert events[0]["data"]["refused"] >= 3
+
+
+def test_endpoint_templates() -> None:
+    assert endpoint_template("get", "/v1/contacts/42?page=2") == "GET /v1/contacts/{id}"
+    assert (
+        endpoint_template("DELETE", "/v1/deals/0b9c6f5e-8d7a-4b3c-9e2f-1a0b9c8d7e6f/notes/7")
+        == "DELETE /v1/deals/{id}/notes/{id}"
+    )
+    assert endpoint_template("GET", "/v1/users/me") == "GET /v1/users/me"
+    assert endpoint_template("GET", "/v1/objects/cus_4eC39HqLyjWDarjt") == "GET /v1/objects/{id}"
+    assert endpoint_template("GET", "") == "GET /"
