@@ -8,7 +8,7 @@ ever carries a secret or a stack trace.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -318,61 +318,69 @@ _STATUS_ERRORS: dict[int, type[KeyServiceError]] = {
 }
 
 
-def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+def error_response(request: Request, exc: KeyServiceError) -> JSONResponse:
+    return problem_response(
+        request,
+        status=exc.status,
+        type_uri=exc.type_uri(),
+        title=exc.title,
+        detail=exc.detail,
+        headers=exc.headers,
+        extensions=exc.extensions,
+    )
+
+
+def validation_response(request: Request, raw_errors: Sequence[Any]) -> JSONResponse:
     # Never echo the submitted value: it may be a password or a key.
-    return [
+    errors = [
         {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
-        for err in exc.errors()
+        for err in raw_errors
     ]
+    first = errors[0] if errors else None
+    detail = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}" if first else None
+    return problem_response(
+        request,
+        status=ValidationFailed.status,
+        type_uri=ValidationFailed.type_uri(),
+        title=ValidationFailed.title,
+        detail=detail,
+        extensions={"errors": errors},
+    )
+
+
+def http_error_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    error = _STATUS_ERRORS.get(exc.status_code)
+    if error is None:
+        return problem_response(
+            request,
+            status=exc.status_code,
+            type_uri="about:blank",
+            title=str(exc.detail),
+            detail=None,
+            headers=exc.headers,
+        )
+    return problem_response(
+        request,
+        status=error.status,
+        type_uri=error.type_uri(),
+        title=error.title,
+        detail=str(exc.detail) if exc.detail else None,
+        headers=exc.headers,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KeyServiceError)
     async def _keyservice_error(request: Request, exc: KeyServiceError) -> JSONResponse:
-        return problem_response(
-            request,
-            status=exc.status,
-            type_uri=exc.type_uri(),
-            title=exc.title,
-            detail=exc.detail,
-            headers=exc.headers,
-            extensions=exc.extensions,
-        )
+        return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _validation_errors(exc)
-        first = errors[0] if errors else None
-        detail = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}" if first else None
-        return problem_response(
-            request,
-            status=ValidationFailed.status,
-            type_uri=ValidationFailed.type_uri(),
-            title=ValidationFailed.title,
-            detail=detail,
-            extensions={"errors": errors},
-        )
+        return validation_response(request, exc.errors())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error = _STATUS_ERRORS.get(exc.status_code)
-        if error is None:
-            return problem_response(
-                request,
-                status=exc.status_code,
-                type_uri="about:blank",
-                title=str(exc.detail),
-                detail=None,
-                headers=exc.headers,
-            )
-        return problem_response(
-            request,
-            status=error.status,
-            type_uri=error.type_uri(),
-            title=error.title,
-            detail=str(exc.detail) if exc.detail else None,
-            headers=exc.headers,
-        )
+        return http_error_response(request, exc)
 
     @app.exception_handler(IntegrityError)
     async def _integrity_error(request: Request, exc: IntegrityError) -> JSONResponse:

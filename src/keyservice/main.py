@@ -29,6 +29,7 @@ from keyservice.keys.router import router as keys_router
 from keyservice.migrate import head_revision
 from keyservice.usage.router import router as usage_router
 from keyservice.verification.cache import KeyCache, Listener
+from keyservice.verification.fastpath import VerifyFastPath
 from keyservice.verification.router import router as verification_router
 from keyservice.verification.verifier import Verifier
 
@@ -136,6 +137,8 @@ def create_app(
         app.state.verifier = Verifier(settings, sessionmaker, cache)
 
     install_error_handlers(app)
+    # The last added is the outermost: the size limit applies to the fast path too.
+    app.add_middleware(VerifyFastPath)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     for router in (
         health_router,

@@ -30,7 +30,7 @@ class PageParams:
     cursor: str | None
 
 
-def page_params(
+async def page_params(
     limit: Annotated[
         int, Query(ge=1, le=MAX_PAGE_SIZE, description="Items per page (at most 100).")
     ] = DEFAULT_PAGE_SIZE,

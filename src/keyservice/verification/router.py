@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
 from fastapi.params import Body
+from starlette.datastructures import Headers
 
 from keyservice.errors import (
     AccountForbidden,
@@ -35,7 +37,7 @@ from keyservice.verification.schemas import (
     VerifyRequest,
     VerifyResponse,
 )
-from keyservice.verification.verifier import Verified
+from keyservice.verification.verifier import Verified, Verifier
 
 router = APIRouter(tags=["verification"])
 
@@ -89,8 +91,23 @@ async def verify(
     `keyservice:verify`, in the header, the key to check in `key`, and only keys of the caller's
     account verify.
     """
-    header_key = key_from_headers(request.headers)
-    address = str(body.client_address) if body.client_address else client_address(request)
+    result = await answer(verifier, body, request.headers, client_address(request))
+    response.headers.update(result.headers)
+    return result.body
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    body: VerifyResponse
+    headers: dict[str, str]
+
+
+async def answer(
+    verifier: Verifier, body: VerifyRequest, headers: Headers, peer: str | None
+) -> Answer:
+    """POST /v1/verify's answer, for the route and for its fast path alike."""
+    header_key = key_from_headers(headers)
+    address = str(body.client_address) if body.client_address else peer
     account_id = body.account_id
     authenticated = False
     if (body.key is not None and header_key is not None) or verifier.settings.verify_requires_auth:
@@ -101,12 +118,12 @@ async def verify(
         caller = await verifier.verify(
             header_key,
             scopes=[VERIFY_SCOPE],
-            client_address=client_address(request),
+            client_address=peer,
             endpoint="POST /v1/verify",
         )
         # An authenticated caller only learns about keys of its own account.
         if account_id is not None and account_id != caller.principal.account_id:
-            return _refused(UnknownKey())
+            return Answer(_refused(UnknownKey()), {})
         account_id = caller.principal.account_id
         authenticated = True
         key = body.key
@@ -126,22 +143,21 @@ async def verify(
             cost=body.cost,
         )
     except OverLimit as error:
-        response.headers.update(error.headers)
-        return _refused(error, rate_limit_state(error.decision))
+        return Answer(_refused(error, rate_limit_state(error.decision)), dict(error.headers))
     except AccountForbidden as error:
         # An authenticated caller is not told that a key of another account exists.
-        return _refused(UnknownKey() if authenticated else error)
+        return Answer(_refused(UnknownKey() if authenticated else error), {})
     except KeyServiceError as error:
         if error.code is None:
             raise
-        return _refused(error)
-    response.headers.update(verified.headers)
-    return VerifyResponse(
+        return Answer(_refused(error), {})
+    body_out = VerifyResponse(
         valid=True,
         code=VerifyCode.VALID,
         key=verified_key(verified),
         rate_limit=rate_limit_state(verified.decision) if verified.decision else None,
     )
+    return Answer(body_out, verified.headers)
 
 
 def _refused(error: KeyServiceError, state: RateLimitState | None = None) -> VerifyResponse:
