@@ -11,6 +11,7 @@ help:
 	@echo "make run        install, migrate the embedded SQLite database and serve on :$(PORT)"
 	@echo "make test       install dev dependencies and run the suite (SQLite and PostgreSQL)"
 	@echo "make lint       ruff (lint + format check) and mypy --strict"
+	@echo "make bench      benchmark /v1/verify against a trivial route on PostgreSQL (docs/performance.md)"
 	@echo "make openapi    regenerate openapi/openapi.json"
 	@echo "make migrate    apply migrations to KEYSERVICE_DATABASE_URL (default ./keyservice.db)"
 	@echo "make revision m=\"...\"  new Alembic migration"
@@ -41,13 +42,13 @@ test: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install-dev
-	$(BIN)/ruff check src tests migrations
-	$(BIN)/ruff format --check src tests migrations
+	$(BIN)/ruff check src tests migrations bench
+	$(BIN)/ruff format --check src tests migrations bench
 	$(BIN)/mypy
 
 format: install-dev
-	$(BIN)/ruff format src tests migrations
-	$(BIN)/ruff check --fix src tests migrations
+	$(BIN)/ruff format src tests migrations bench
+	$(BIN)/ruff check --fix src tests migrations bench
 
 typecheck: install-dev
 	$(BIN)/mypy
@@ -60,6 +61,11 @@ revision: install-dev
 
 openapi: install
 	$(BIN)/keyservice openapi --output openapi/openapi.json
+
+# Needs PostgreSQL (KEYSERVICE_BENCH_POSTGRES_URL, default postgres@127.0.0.1:5432); about a minute.
+# Options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--loadgen python --seconds 5".
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache keyservice.db*
