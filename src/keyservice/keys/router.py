@@ -20,7 +20,7 @@ from keyservice.keys.schemas import (
 )
 from keyservice.models import ApiKey, KeyKind, KeyStatus, utcnow
 from keyservice.pagination import Page, PageDep
-from keyservice.ratelimit.schemas import RateLimit, limit_columns
+from keyservice.ratelimit.schemas import RateLimit
 from keyservice.scopes import catalogue
 from keyservice.security import Environment
 from keyservice.verification.dependency import (
@@ -90,14 +90,10 @@ async def create_key(
     key, secret = await service.create_application_key(
         session,
         actor,
-        application_id=application_id,
-        name=body.name,
-        scopes=body.scopes,
-        environment=body.environment,
-        expires_at=body.expiry(utcnow()),
+        application_id,
+        body,
         catalogue=catalogue(settings.scopes),
         prefix=settings.key_prefix,
-        limits={"monthly_quota": body.monthly_quota, **limit_columns(body.rate_limit)},
     )
     return key_created(key, secret)
 
@@ -179,15 +175,7 @@ async def create_personal_key(
     (or `X-Account-Id`) when the user belongs to several. The secret is in this response only.
     """
     key, secret = await service.create_personal_key(
-        session,
-        actor,
-        name=body.name,
-        scopes=body.scopes,
-        environment=body.environment,
-        expires_at=body.expiry(utcnow()),
-        catalogue=catalogue(settings.scopes),
-        prefix=settings.key_prefix,
-        limits={"monthly_quota": body.monthly_quota, **limit_columns(body.rate_limit)},
+        session, actor, body, catalogue=catalogue(settings.scopes), prefix=settings.key_prefix
     )
     return key_created(key, secret)
 

@@ -13,7 +13,7 @@ from keyservice import scopes as scope_rules
 from keyservice.applications import service as applications_service
 from keyservice.audit import service as audit
 from keyservice.errors import Conflict, Forbidden, NotFound
-from keyservice.keys.schemas import KeyUpdate
+from keyservice.keys.schemas import KeyCreate, KeyUpdate
 from keyservice.models import ApiKey, Application, KeyKind, KeyStatus, utcnow
 from keyservice.pagination import PageParams, paginate
 from keyservice.ratelimit.schemas import limit_columns
@@ -86,39 +86,60 @@ async def _issue(
     )
 
 
+def _issued(
+    data: KeyCreate,
+    actor: Actor,
+    *,
+    kind: KeyKind,
+    scopes: list[str],
+    prefix: str,
+    account_id: uuid.UUID | None = None,
+    application_id: uuid.UUID | None = None,
+    user_id: uuid.UUID | None = None,
+) -> tuple[ApiKey, str]:
+    key, secret = new_key(
+        prefix=prefix,
+        kind=kind,
+        name=data.name,
+        environment=data.environment,
+        scopes=scopes,
+        expires_at=data.expiry(utcnow()),
+        account_id=account_id,
+        application_id=application_id,
+        user_id=user_id,
+        created_by=actor,
+    )
+    for column, value in limit_columns(data.rate_limit).items():
+        setattr(key, column, value)
+    key.monthly_quota = data.monthly_quota
+    return key, secret
+
+
 async def create_application_key(
     session: AsyncSession,
     actor: Principal,
-    *,
     application_id: uuid.UUID,
-    name: str,
-    scopes: Sequence[str],
-    environment: Environment,
-    expires_at: datetime | None,
+    data: KeyCreate,
+    *,
     catalogue: tuple[str, ...],
     prefix: str,
-    limits: dict[str, int | None] | None = None,
 ) -> tuple[ApiKey, str]:
     application = await applications_service.get_application(
         session, account_id=actor.account_id, application_id=application_id
     )
-    scopes = list(dict.fromkeys(scopes))
+    scopes = list(dict.fromkeys(data.scopes))
     scope_rules.check_in_catalogue(scopes, catalogue)
     scope_rules.check_within(scopes, application.permissions, what="the application's permissions")
-    check_issuable(actor, scopes, environment)
-    key, secret = new_key(
-        prefix=prefix,
+    check_issuable(actor, scopes, data.environment)
+    key, secret = _issued(
+        data,
+        actor,
         kind=KeyKind.application,
-        name=name,
-        environment=environment,
         scopes=scopes,
-        expires_at=expires_at,
+        prefix=prefix,
         account_id=actor.account_id,
         application_id=application.id,
-        created_by=actor,
     )
-    for column, value in (limits or {}).items():
-        setattr(key, column, value)
     await _issue(session, actor, key, details={"application_id": str(application.id)})
     return key, secret
 
@@ -126,32 +147,19 @@ async def create_application_key(
 async def create_personal_key(
     session: AsyncSession,
     actor: UserPrincipal,
+    data: KeyCreate,
     *,
-    name: str,
-    scopes: Sequence[str],
-    environment: Environment,
-    expires_at: datetime | None,
     catalogue: tuple[str, ...],
     prefix: str,
-    limits: dict[str, int | None] | None = None,
 ) -> tuple[ApiKey, str]:
     """A key of the calling user: its rights in each account are its scopes within the user's
     role there, so it never exceeds what the user may do."""
-    scopes = list(dict.fromkeys(scopes))
+    scopes = list(dict.fromkeys(data.scopes))
     scope_rules.check_in_catalogue(scopes, catalogue)
-    check_issuable(actor, scopes, environment)
-    key, secret = new_key(
-        prefix=prefix,
-        kind=KeyKind.personal,
-        name=name,
-        environment=environment,
-        scopes=scopes,
-        expires_at=expires_at,
-        user_id=actor.user_id,
-        created_by=actor,
+    check_issuable(actor, scopes, data.environment)
+    key, secret = _issued(
+        data, actor, kind=KeyKind.personal, scopes=scopes, prefix=prefix, user_id=actor.user_id
     )
-    for column, value in (limits or {}).items():
-        setattr(key, column, value)
     await _issue(session, actor, key, details={})
     return key, secret
 
