@@ -36,13 +36,13 @@ async def test_counts_per_endpoint_allowed_and_refused(
     await _flush(app)
 
     usage = (await client.get(f"/v1/keys/{created['id']}/usage", headers=tenant.headers)).json()
-    assert usage["current_hour"] == {"allowed": 5, "refused": 1}
-    assert usage["current_month"] == {"allowed": 5, "refused": 1}
+    assert usage["current_hour"] == {"allowed": 5, "refused": 1, "rate_limited": 0}
+    assert usage["current_month"] == {"allowed": 5, "refused": 1, "rate_limited": 0}
     assert usage["top_endpoints"] == [
-        {"endpoint": "GET /v1/contacts", "allowed": 3, "refused": 0},
-        {"endpoint": "GET /v1/contacts/{id}", "allowed": 1, "refused": 0},
-        {"endpoint": "POST /v1/contacts", "allowed": 1, "refused": 0},
-        {"endpoint": "POST /v1/deals", "allowed": 0, "refused": 1},
+        {"endpoint": "GET /v1/contacts", "allowed": 3, "refused": 0, "rate_limited": 0},
+        {"endpoint": "GET /v1/contacts/{id}", "allowed": 1, "refused": 0, "rate_limited": 0},
+        {"endpoint": "POST /v1/contacts", "allowed": 1, "refused": 0, "rate_limited": 0},
+        {"endpoint": "POST /v1/deals", "allowed": 0, "refused": 1, "rate_limited": 0},
     ]
     series = usage["series"]
     assert series["granularity"] == "hour"
@@ -129,7 +129,12 @@ async def test_account_usage_is_the_accounts_own(
     response = await client.get(f"/v1/keys/{key['id']}/usage", headers=second.headers)
     assert response.status_code == 404
     mine = (await client.get("/v1/usage", headers=first.headers)).json()
-    assert {"endpoint": "GET /secret", "allowed": 4, "refused": 0} in mine["top_endpoints"]
+    assert {
+        "endpoint": "GET /secret",
+        "allowed": 4,
+        "refused": 0,
+        "rate_limited": 0,
+    } in mine["top_endpoints"]
 
 
 async def test_ranges_are_bounded(client: httpx.AsyncClient, session: AsyncSession) -> None:
@@ -146,7 +151,7 @@ async def test_ranges_are_bounded(client: httpx.AsyncClient, session: AsyncSessi
         assert response.status_code == 422, params
 
 
-async def test_keeping_refused_raises_one_alert_per_hour(
+async def test_keeping_being_rate_limited_raises_one_alert_per_hour(
     session: AsyncSession, make_app: Callable[..., FastAPI]
 ) -> None:
     app = make_app(rate_limited_alert_refusals=3)
@@ -156,14 +161,21 @@ async def test_keeping_refused_raises_one_alert_per_hour(
         created = await create_key(
             client, tenant, application["id"], rate_limit={"limit": 1, "period_seconds": 3600}
         )
+        # Refusals for a missing scope are not the limit's doing: no alert for them.
+        for _ in range(5):
+            await client.post("/v1/verify", json={"key": created["key"], "scopes": ["deals:write"]})
+        await _flush(app)
+        assert (await client.get("/v1/events", headers=tenant.headers)).json()["data"] == []
         for _ in range(6):
             await client.post("/v1/verify", json={"key": created["key"]})
             await _flush(app)
         events = (await client.get("/v1/events", headers=tenant.headers)).json()["data"]
+        usage = (await client.get(f"/v1/keys/{created['id']}/usage", headers=tenant.headers)).json()
     assert len(events) == 1
     assert events[0]["type"] == "usage.threshold"
-    assert events[0]["data"]["kind"] == "refusals"
-    assert events[0]["data"]["refused"] >= 3
+    assert events[0]["data"]["kind"] == "rate_limited"
+    assert events[0]["data"]["rate_limited"] >= 3
+    assert usage["current_hour"] == {"allowed": 1, "refused": 10, "rate_limited": 5}
 
 
 def test_endpoint_templates() -> None:

@@ -72,6 +72,7 @@ def upgrade() -> None:
         sa.Column("account_id", sa.Uuid(), nullable=False),
         sa.Column("allowed", sa.BigInteger(), nullable=False),
         sa.Column("refused", sa.BigInteger(), nullable=False),
+        sa.Column("rate_limited", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
             ["account_id"],
             ["accounts.id"],

@@ -24,3 +24,5 @@ class UsageCounter(Base):
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     allowed: Mapped[int] = mapped_column(BigInteger, default=0)
     refused: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Of the refused, those refused by the key's rate limit or quota.
+    rate_limited: Mapped[int] = mapped_column(BigInteger, default=0)

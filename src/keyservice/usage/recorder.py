@@ -66,10 +66,10 @@ class _Batch:
     events: dict[str, PendingEvent] = field(default_factory=dict)
 
     def merge(self, other: _Batch) -> None:
-        for counter, (allowed, refused) in other.counts.items():
-            mine = self.counts.setdefault(counter, [0, 0])
-            mine[0] += allowed
-            mine[1] += refused
+        for counter, counts in other.counts.items():
+            mine = self.counts.setdefault(counter, [0, 0, 0])
+            for i, n in enumerate(counts):
+                mine[i] += n
         for key_id, at in other.last_used.items():
             self.last_used[key_id] = max(at, self.last_used.get(key_id, at))
         self.events = other.events | self.events
@@ -104,6 +104,7 @@ class UsageRecorder:
         endpoint: str | None,
         *,
         allowed: bool,
+        rate_limited: bool = False,
         cost: int = 1,
     ) -> None:
         now = self._clock()
@@ -117,8 +118,10 @@ class UsageRecorder:
                 seen.add(name)
         counter = self._batch.counts.get((key_id, account_id, name, hour))
         if counter is None:
-            counter = self._batch.counts[(key_id, account_id, name, hour)] = [0, 0]
+            counter = self._batch.counts[(key_id, account_id, name, hour)] = [0, 0, 0]
         counter[0 if allowed else 1] += cost
+        if rate_limited:
+            counter[2] += 1
         self._batch.last_used[key_id] = now
 
     def event(self, event: PendingEvent) -> None:
@@ -155,8 +158,13 @@ class UsageRecorder:
                 "hour": hour,
                 "allowed": allowed,
                 "refused": refused,
+                "rate_limited": rate_limited,
             }
-            for (key_id, account_id, endpoint, hour), (allowed, refused) in batch.counts.items()
+            for (key_id, account_id, endpoint, hour), (
+                allowed,
+                refused,
+                rate_limited,
+            ) in batch.counts.items()
             if key_id in existing  # a key deleted since has no counters to keep
         ]
         table = UsageCounter.__table__
@@ -168,18 +176,19 @@ class UsageRecorder:
                     set_={
                         "allowed": table.c.allowed + statement.excluded.allowed,
                         "refused": table.c.refused + statement.excluded.refused,
+                        "rate_limited": table.c.rate_limited + statement.excluded.rate_limited,
                     },
                 )
             )
         last_used = [(k, at) for k, at in batch.last_used.items() if k in existing]
         if last_used:
             await self._touch(session, last_used)
-        refusing = {
+        limited = {
             (key_id, account_id, hour)
-            for (key_id, account_id, _, hour), (_, refused) in batch.counts.items()
-            if refused and key_id in existing
+            for (key_id, account_id, _, hour), (_, _, rate_limited) in batch.counts.items()
+            if rate_limited and key_id in existing
         }
-        for event in self._rate_limited_events(await self._refusals(session, refusing)):
+        for event in self._rate_limited_events(await self._rate_limited(session, limited)):
             batch.events.setdefault(event.dedupe_key, event)
         if batch.events:
             await self._write_events(session, batch.events.values())
@@ -204,23 +213,24 @@ class UsageRecorder:
                 .execution_options(synchronize_session=False)
             )
 
-    async def _refusals(
-        self, session: AsyncSession, refusing: set[tuple[uuid.UUID, uuid.UUID, datetime]]
+    async def _rate_limited(
+        self, session: AsyncSession, limited: set[tuple[uuid.UUID, uuid.UUID, datetime]]
     ) -> list[tuple[uuid.UUID, uuid.UUID, datetime, int]]:
-        if not refusing:
+        """Keys refused by their limits at least the alert's number of times in an hour."""
+        if not limited:
             return []
-        hours = {hour for _, _, hour in refusing}
-        keys = {key_id for key_id, _, _ in refusing}
+        hours = {hour for _, _, hour in limited}
+        keys = {key_id for key_id, _, _ in limited}
         rows = await session.execute(
             select(
                 UsageCounter.key_id,
                 UsageCounter.account_id,
                 UsageCounter.hour,
-                func.sum(UsageCounter.refused),
+                func.sum(UsageCounter.rate_limited),
             )
             .where(UsageCounter.key_id.in_(keys), UsageCounter.hour.in_(hours))
             .group_by(UsageCounter.key_id, UsageCounter.account_id, UsageCounter.hour)
-            .having(func.sum(UsageCounter.refused) >= self.rate_limited_alert_refusals)
+            .having(func.sum(UsageCounter.rate_limited) >= self.rate_limited_alert_refusals)
         )
         return [(k, a, h, int(n)) for k, a, h, n in rows.all()]
 
@@ -234,12 +244,12 @@ class UsageRecorder:
                 key_id=key_id,
                 data={
                     "key_id": str(key_id),
-                    "kind": "refusals",
+                    "kind": "rate_limited",
                     "hour": hour.isoformat(),
-                    "refused": refused,
+                    "rate_limited": refused,
                     "threshold": self.rate_limited_alert_refusals,
                 },
-                dedupe_key=f"refusals:{key_id}:{hour:%Y%m%d%H}",
+                dedupe_key=f"rate_limited:{key_id}:{hour:%Y%m%d%H}",
             )
 
     @staticmethod

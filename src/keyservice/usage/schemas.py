@@ -18,6 +18,7 @@ class Granularity(StrEnum):
 class Counts(BaseModel):
     allowed: int
     refused: int
+    rate_limited: int = Field(description="Of the refused, those refused by the key's limits.")
 
 
 class Point(Counts):
@@ -48,15 +49,19 @@ class Limits(BaseModel):
 
 
 _EXAMPLE: dict[str, Any] = {
-    "current_hour": {"allowed": 1250, "refused": 3},
-    "current_month": {"allowed": 48210, "refused": 97},
+    "current_hour": {"allowed": 1250, "refused": 3, "rate_limited": 2},
+    "current_month": {"allowed": 48210, "refused": 97, "rate_limited": 90},
     "series": {
         "granularity": "hour",
         "start": "2026-11-20T10:00:00Z",
         "end": "2026-11-21T10:00:00Z",
-        "points": [{"start": "2026-11-20T10:00:00Z", "allowed": 1180, "refused": 0}],
+        "points": [
+            {"start": "2026-11-20T10:00:00Z", "allowed": 1180, "refused": 0, "rate_limited": 0}
+        ],
     },
-    "top_endpoints": [{"endpoint": "GET /v1/contacts", "allowed": 30112, "refused": 40}],
+    "top_endpoints": [
+        {"endpoint": "GET /v1/contacts", "allowed": 30112, "refused": 40, "rate_limited": 38}
+    ],
 }
 
 
@@ -104,6 +109,7 @@ class AccountUsage(BaseModel):
                             "name": "Production Integration",
                             "allowed": 40000,
                             "refused": 12,
+                            "rate_limited": 10,
                         }
                     ],
                 }

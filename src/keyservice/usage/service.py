@@ -7,6 +7,7 @@ import uuid
 from calendar import monthrange
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +29,11 @@ DEFAULT_SPAN = {Granularity.hour: timedelta(hours=24), Granularity.day: timedelt
 TOP = 10
 
 _total = func.sum(UsageCounter.allowed + UsageCounter.refused)
+_SUMS = (
+    func.sum(UsageCounter.allowed),
+    func.sum(UsageCounter.refused),
+    func.sum(UsageCounter.rate_limited),
+)
 
 
 def _floor(moment: datetime, granularity: Granularity) -> datetime:
@@ -66,20 +72,21 @@ async def _counts(
 ) -> tuple[Counts, Counts]:
     hour = now.replace(minute=0, second=0, microsecond=0)
     recent = UsageCounter.hour >= hour
+    columns = (UsageCounter.allowed, UsageCounter.refused, UsageCounter.rate_limited)
     row = (
         await session.execute(
             select(
-                func.coalesce(func.sum(case((recent, UsageCounter.allowed), else_=0)), 0),
-                func.coalesce(func.sum(case((recent, UsageCounter.refused), else_=0)), 0),
-                func.coalesce(func.sum(UsageCounter.allowed), 0),
-                func.coalesce(func.sum(UsageCounter.refused), 0),
+                *(func.coalesce(func.sum(case((recent, c), else_=0)), 0) for c in columns),
+                *(func.coalesce(func.sum(c), 0) for c in columns),
             ).where(scope, UsageCounter.hour >= month_start(now))
         )
     ).one()
-    return (
-        Counts(allowed=int(row[0]), refused=int(row[1])),
-        Counts(allowed=int(row[2]), refused=int(row[3])),
-    )
+    return _counts_of(row[:3]), _counts_of(row[3:])
+
+
+def _counts_of(values: Sequence[Any]) -> Counts:
+    allowed, refused, rate_limited = (int(v) for v in values)
+    return Counts(allowed=allowed, refused=refused, rate_limited=rate_limited)
 
 
 async def _series(
@@ -90,7 +97,7 @@ async def _series(
     end: datetime,
 ) -> Series:
     rows = await session.execute(
-        select(UsageCounter.hour, func.sum(UsageCounter.allowed), func.sum(UsageCounter.refused))
+        select(UsageCounter.hour, *_SUMS)
         .where(scope, UsageCounter.hour >= start, UsageCounter.hour < end)
         .group_by(UsageCounter.hour)
     )
@@ -98,18 +105,20 @@ async def _series(
     points: dict[datetime, list[int]] = {}
     moment = start
     while moment < end:
-        points[moment] = [0, 0]
+        points[moment] = [0, 0, 0]
         moment += step
     # Hours are summed into days here: the same on every backend, and at most 744 rows a key.
-    for hour, allowed, refused in rows.all():
+    for hour, *sums in rows.all():
         bucket = points[_floor(hour, granularity)]
-        bucket[0] += int(allowed)
-        bucket[1] += int(refused)
+        for i, n in enumerate(sums):
+            bucket[i] += int(n)
     return Series(
         granularity=granularity,
         start=start,
         end=end,
-        points=[Point(start=s, allowed=a, refused=r) for s, (a, r) in points.items()],
+        points=[
+            Point(start=moment, **_counts_of(sums).model_dump()) for moment, sums in points.items()
+        ],
     )
 
 
@@ -117,15 +126,16 @@ async def _top_endpoints(
     session: AsyncSession, scope: ColumnElement[bool], start: datetime, end: datetime
 ) -> list[EndpointCounts]:
     rows = await session.execute(
-        select(
-            UsageCounter.endpoint, func.sum(UsageCounter.allowed), func.sum(UsageCounter.refused)
-        )
+        select(UsageCounter.endpoint, *_SUMS)
         .where(scope, UsageCounter.hour >= start, UsageCounter.hour < end)
         .group_by(UsageCounter.endpoint)
         .order_by(_total.desc(), UsageCounter.endpoint)
         .limit(TOP)
     )
-    return [EndpointCounts(endpoint=e, allowed=int(a), refused=int(r)) for e, a, r in rows.all()]
+    return [
+        EndpointCounts(endpoint=endpoint, **_counts_of(sums).model_dump())
+        for endpoint, *sums in rows.all()
+    ]
 
 
 async def key_usage(
@@ -156,19 +166,17 @@ async def account_usage(
     hour, month = await _counts(session, scope, utcnow())
     series = await _series(session, scope, granularity, start, end)
     top_keys = await session.execute(
-        select(
-            UsageCounter.key_id,
-            ApiKey.name,
-            func.sum(UsageCounter.allowed),
-            func.sum(UsageCounter.refused),
-        )
+        select(UsageCounter.key_id, ApiKey.name, *_SUMS)
         .join(ApiKey, ApiKey.id == UsageCounter.key_id)
         .where(scope, UsageCounter.hour >= start, UsageCounter.hour < end)
         .group_by(UsageCounter.key_id, ApiKey.name)
         .order_by(_total.desc(), UsageCounter.key_id)
         .limit(TOP)
     )
-    keys = [KeyCounts(key_id=k, name=n, allowed=int(a), refused=int(r)) for k, n, a, r in top_keys]
+    keys = [
+        KeyCounts(key_id=key_id, name=name, **_counts_of(sums).model_dump())
+        for key_id, name, *sums in top_keys.all()
+    ]
     return hour, month, series, await _top_endpoints(session, scope, start, end), keys
 
 

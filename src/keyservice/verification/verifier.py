@@ -121,7 +121,9 @@ class Verifier:
             decision = await self.limiter.check(record.id, record.limits, cost)
             self._quota_alerts(record, principal.account_id, decision, cost)
             if not decision.allowed:
-                self.usage.record(record.id, principal.account_id, endpoint, allowed=False)
+                self.usage.record(
+                    record.id, principal.account_id, endpoint, allowed=False, rate_limited=True
+                )
                 error = QuotaExceeded if decision.refused is Refusal.quota else RateLimited
                 raise error(decision, rate_limit_headers(decision))
         self.usage.record(record.id, principal.account_id, endpoint, allowed=True, cost=cost)
