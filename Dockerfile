@@ -19,4 +19,6 @@ WORKDIR /app
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)" || exit 1
 ENTRYPOINT ["keyservice"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "8000", "--forwarded-allow-ips", "*"]
+# Set KEYSERVICE_FORWARDED_ALLOW_IPS to your proxies' addresses, so that client addresses (audit
+# trail, throttles) come from X-Forwarded-For; only from them, or clients could choose their own.
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

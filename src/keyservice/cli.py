@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -140,8 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument(
         "--forwarded-allow-ips",
-        default="127.0.0.1",
-        help="proxies whose X-Forwarded-For is trusted for client addresses",
+        default=os.environ.get("KEYSERVICE_FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        help="proxies whose X-Forwarded-For is trusted for client addresses (default "
+        "$KEYSERVICE_FORWARDED_ALLOW_IPS or 127.0.0.1); never '*' where clients reach the "
+        "service directly: they could then pick the address that throttles are counted by",
     )
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)
