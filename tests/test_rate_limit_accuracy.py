@@ -74,7 +74,9 @@ async def test_two_instances_never_exceed_the_allowance_and_admit_most_of_it(
     admitted = [c for c in calls if c.admitted]
     rate, burst = RATE["limit"] / RATE["period_seconds"], RATE["burst"]
 
-    assert len(calls) > 2 * len(admitted), "the load must be well over the limit"
+    # The lower bound means something only under over-limit load (in-process clients on a busy
+    # machine manage a few hundred requests a second: several times this limit).
+    assert len(calls) > 1.5 * len(admitted), "the load must be well over the limit"
     assert _worst_interval(admitted, burst, rate) <= 0
     span = calls[-1].sent - calls[0].answered
     assert len(admitted) >= 0.9 * (burst + rate * span)
