@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import asyncpg
 import httpx
 from fastapi import FastAPI
 
@@ -61,3 +62,31 @@ async def test_rotation_and_deletion_reach_the_other_instance(
     while (await b.get("/v1/account", headers=auth(tenant.owner_key))).status_code == 200:
         assert time.monotonic() - started < 1.0
         await asyncio.sleep(0.01)
+
+
+async def test_a_lost_listener_stops_the_cache_at_once(
+    instances: tuple[httpx.AsyncClient, httpx.AsyncClient, FastAPI],
+    tenant: Tenant,
+    postgres_url: str,
+) -> None:
+    a, b, second = instances
+    application = await create_application(a, tenant)
+    created = await create_key(a, tenant, application["id"])
+    assert (await b.post("/v1/verify", json={"key": created["key"]})).json()["code"] == "VALID"
+    # The database drops every listening connection (a failover, an idle-session killer...).
+    killer = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await killer.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await killer.close()
+    # Within moments, not at the next ping: nothing is served from a cache that cannot hear.
+    started = time.monotonic()
+    while second.state.key_cache.enabled and time.monotonic() - started < 1.0:
+        await asyncio.sleep(0.01)
+    # Either still reconnecting (suspended, nothing cached) or back (everything forgotten).
+    assert not second.state.key_cache.enabled or len(second.state.key_cache) == 0
+    await a.post(f"/v1/keys/{created['id']}/revoke", headers=tenant.headers)
+    assert await _refused_within(b, created["key"], "REVOKED") < 1.0

@@ -145,6 +145,8 @@ async def test_ranges_are_bounded(client: httpx.AsyncClient, session: AsyncSessi
         {"granularity": "day", "start": (now - timedelta(days=400)).isoformat()},
         {"start": now.isoformat(), "end": (now - timedelta(days=1)).isoformat()},
         {"granularity": "minute"},
+        {"end": "0001-01-01T00:00:00Z"},
+        {"start": "0001-01-01T00:30:00+01:00"},
         {"start": "2026-01-01T00:00:00"},
     ):
         response = await client.get("/v1/usage", params=params, headers=tenant.headers)

@@ -13,7 +13,8 @@ from keyservice import migrate
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
 from keyservice.main import create_app
-from keyservice.models import UsageCounter
+from keyservice.models import ApiKey, UsageCounter
+from keyservice.usage.recorder import UsageRecorder
 
 
 async def test_stopping_under_load_loses_no_count(
@@ -57,3 +58,32 @@ async def test_stopping_under_load_loses_no_count(
     await engine.dispose()
     assert answered > 50
     assert verify_counts == answered
+
+
+async def test_stopping_while_flushes_run_back_to_back_loses_nothing(
+    fresh_database_url: str, settings: Settings
+) -> None:
+    """Shutdown lands in the middle of a flush: it must wait for it, not cut it short."""
+    await migrate.upgrade(settings, fresh_database_url)
+    engine = create_engine(settings, fresh_database_url)
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session:
+        tenant = await create_tenant(session)
+        key_id = (
+            await session.scalars(select(ApiKey.id).where(ApiKey.user_id == tenant.owner.id))
+        ).one()
+    recorder = UsageRecorder(sessionmaker, max_endpoints=50, rate_limited_alert_refusals=100)
+    await recorder.start(interval=0.001)  # flushing all the time
+    recorded = 0
+    for _ in range(40):
+        for _ in range(5):
+            recorder.record(key_id, tenant.account.id, "GET /x", allowed=True)
+            recorded += 1
+        await asyncio.sleep(0.002)
+    await recorder.stop()
+    async with sessionmaker() as session:
+        counted = await session.scalar(
+            select(func.sum(UsageCounter.allowed)).where(UsageCounter.endpoint == "GET /x")
+        )
+    await engine.dispose()
+    assert counted == recorded

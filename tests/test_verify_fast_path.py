@@ -3,6 +3,7 @@ same, request for request, so that the two are one behaviour."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from fastapi import FastAPI
@@ -54,6 +55,9 @@ async def test_the_fast_path_and_the_route_answer_alike(
             (auth(other) | {"x-api-key": limited}, b"{}"),
             (auth(other), b"{}"),
             ({"content-type": "application/json"}, b'{"key": "%s"}' % ("x" * 600).encode()),
+            ({"content-type": "application/json"}, b""),
+            ({"content-type": "application/json"}, b'\xef\xbb\xbf{"key": "%s"}' % other.encode()),
+            ({"content-type": "application/json"}, json.dumps({"key": other}).encode("utf-16")),
         ]
         for headers, body in requests:
             first = await a.post("/v1/verify", content=body, headers=headers)

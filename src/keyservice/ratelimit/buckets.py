@@ -99,8 +99,12 @@ async def lease(
     rate: float,
     window_ms: int,
     quota: int | None,
+    returned: int = 0,
 ) -> LeaseResult:
-    """Take ``want`` tokens (at least ``cost``, else none) from the key's bucket and quota."""
+    """Take ``want`` tokens (at least ``cost``, else none) from the key's bucket and quota.
+
+    ``returned`` is what the caller's previous lease of this key left unspent: its quota comes
+    back (its rate tokens do not; they only stop counting once their lease has expired)."""
     clock = _Clock(session.get_bind().dialect.name)
     now = clock.now()
     month = clock.month()
@@ -115,11 +119,14 @@ async def lease(
     current = case((keep, _c.leased_current), else_=0.0)
     capacity = literal(burst, Float) - previous - current
     elapsed = _greatest(now - _c.refilled_epoch, 0.0)
-    available = _least(capacity, _c.tokens + elapsed * rate)
-    used = case((_c.quota_month == month, _c.quota_used), else_=0)
+    # Never below zero: a tightened policy must not leave the bucket in debt.
+    available = _greatest(_least(capacity, _c.tokens + elapsed * rate), 0.0)
+    same_month = _c.quota_month == month
+    used = case((same_month, _greatest(_c.quota_used - returned, 0)), else_=0)
     quota_left = quota_limit - used
-    # Near the end of a quota, leases shrink, so that unspent leased quota wastes little of it.
-    quota_share = _greatest(literal(cost, BigInteger), quota_left / 10)
+    # Near the end of a quota, leases shrink, so that a lease lost with its instance wastes
+    # little of it. Integer division: quota is counted in whole requests.
+    quota_share = _greatest(literal(cost, BigInteger), quota_left // 10)
     take = case(
         (
             (available >= cost) & (quota_left >= cost),
@@ -133,7 +140,8 @@ async def lease(
         .values(
             tokens=available - take,
             refilled_epoch=_greatest(now, _c.refilled_epoch),
-            window=window,
+            # Never backwards: a statement whose clock reads earlier must not age the leases.
+            window=case((_c.window_ms == window_ms, _greatest(window, _c.window)), else_=window),
             window_ms=window_ms,
             leased_previous=previous,
             # What the lease keeps beyond the request that took it may be spent later.

@@ -26,6 +26,9 @@ from keyservice.ratelimit.policy import Limits, RatePolicy
 # A key with a quota and no rate limit leases its quota in chunks, kept this long.
 QUOTA_LEASE_SECONDS = 1.0
 QUOTA_LEASE_SIZE = 100
+# However long a refusal's Retry-After, an instance asks the bucket again after this long: the
+# database's clock, not this instance's, says when a month or a policy ends.
+MAX_LOCAL_BLOCK_SECONDS = 60.0
 
 
 class Refusal(StrEnum):
@@ -95,6 +98,9 @@ class Limiter:
         self._leases.clear()
 
     async def check(self, key_id: uuid.UUID, limits: Limits, cost: int = 1) -> Decision:
+        if limits.rate is not None and cost > limits.rate.burst:
+            # Could never pass: refused without a write, and without a Retry-After to follow.
+            return Decision(limits=limits, refused=Refusal.rate, remaining=0, reset_seconds=0)
         decision = self._from_lease(key_id, limits, cost)
         if decision is not None:
             return decision
@@ -129,6 +135,11 @@ class Limiter:
             want, lifetime = max(cost, QUOTA_LEASE_SIZE), QUOTA_LEASE_SECONDS
             burst = per_second = float(buckets.UNLIMITED)
         window_ms = max(1, int(lifetime * 1000))
+        # The lease lives no longer than the bucket's window that accounts for it.
+        lifetime = window_ms / 1000
+        previous = self._leases.get(key_id)
+        # What the previous lease left unspent goes back to the quota.
+        returned = int(previous.tokens) if previous and previous.limits == limits else 0
         started = self._clock()
         async with self.sessionmaker() as session, session.begin():
             result = await buckets.lease(
@@ -140,6 +151,7 @@ class Limiter:
                 rate=per_second,
                 window_ms=window_ms,
                 quota=limits.monthly_quota,
+                returned=returned,
             )
         self.leases_taken += 1
         lease = _Lease(
@@ -159,14 +171,17 @@ class Limiter:
             lease.expires = started + lifetime
             return replace(self._allowed(lease, started), quota_leased=leased)
         quota_left = (limits.monthly_quota or 0) - result.quota_used
-        if limits.monthly_quota is not None and quota_left < cost:
+        if rate is None or (limits.monthly_quota is not None and quota_left < cost):
             lease.refusal = Refusal.quota
             wait = float(_seconds_to_next_month(datetime.now(UTC)))
+            block = wait
         else:
-            assert rate is not None
             lease.refusal = Refusal.rate
-            wait = self._rate_wait(rate, result, cost, window_ms / 1000)
-        lease.blocked_until = started + wait
+            wait = self._rate_wait(rate, result, cost, lifetime)
+            # Ask the bucket again only once it can fill a lease, not a single request: an
+            # instance over its limit then costs a write per lease, not per admitted request.
+            block = self._rate_wait(rate, result, max(cost, min(want, rate.burst)), lifetime)
+        lease.blocked_until = started + min(block, MAX_LOCAL_BLOCK_SECONDS)
         lease.blocked_cost = cost
         return replace(self._refused(lease, max(1, math.ceil(wait))), quota_leased=leased)
 

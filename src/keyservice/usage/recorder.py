@@ -96,6 +96,7 @@ class UsageRecorder:
         self._endpoints: dict[tuple[uuid.UUID, datetime], set[str]] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def record(
         self,
@@ -136,10 +137,13 @@ class UsageRecorder:
             try:
                 async with self.sessionmaker() as session, session.begin():
                     await self._write(session, batch)
-            except Exception:
-                # Keep the counts for the next flush rather than lose them.
+            except BaseException as exc:
+                # Keep the counts for the next flush rather than lose them, also when the flush
+                # is cancelled mid-write (shutdown): the final flush writes them.
                 batch.merge(self._batch)
                 self._batch = batch
+                if not isinstance(exc, Exception):
+                    raise
                 logger.exception("usage flush failed; its counts are kept for the next one")
                 return 0
             self._prune_endpoints()
@@ -150,6 +154,7 @@ class UsageRecorder:
         existing = set(
             (await session.scalars(select(ApiKey.id).where(ApiKey.id.in_(key_ids)))).all()
         )
+        # Rows in one order on every instance, so that concurrent flushes cannot deadlock.
         rows = [
             {
                 "key_id": key_id,
@@ -160,11 +165,9 @@ class UsageRecorder:
                 "refused": refused,
                 "rate_limited": rate_limited,
             }
-            for (key_id, account_id, endpoint, hour), (
-                allowed,
-                refused,
-                rate_limited,
-            ) in batch.counts.items()
+            for (key_id, account_id, endpoint, hour), (allowed, refused, rate_limited) in sorted(
+                batch.counts.items(), key=lambda item: (str(item[0][0]), item[0][2], item[0][3])
+            )
             if key_id in existing  # a key deleted since has no counters to keep
         ]
         table = UsageCounter.__table__
@@ -180,7 +183,9 @@ class UsageRecorder:
                     },
                 )
             )
-        last_used = [(k, at) for k, at in batch.last_used.items() if k in existing]
+        last_used = sorted(
+            ((k, at) for k, at in batch.last_used.items() if k in existing), key=lambda r: str(r[0])
+        )
         if last_used:
             await self._touch(session, last_used)
         limited = {
@@ -279,19 +284,24 @@ class UsageRecorder:
             del self._endpoints[stale]
 
     async def start(self, interval: float) -> None:
+        self._stopping = asyncio.Event()
+
         async def run() -> None:
-            while True:
-                await asyncio.sleep(interval)
+            while not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=interval)
                 await self.flush()
 
         self._task = asyncio.create_task(run(), name="keyservice-usage-flusher")
 
     async def stop(self) -> None:
-        """Stop the periodic flush and write what is left (graceful shutdown)."""
+        """Write what is left and stop (graceful shutdown). A flush under way is let finish, not
+        cancelled: cancelled mid-write, it could leave its connection holding the database's
+        write lock (SQLite)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            await self._task
+            self._task = None
         await self.flush()
 
 

@@ -55,9 +55,12 @@ def window(
     """``[start, end)`` aligned to the granularity; the default is the last day (by hour) or the
     last 30 days (by day), up to now."""
     step = timedelta(hours=1) if granularity is Granularity.hour else timedelta(days=1)
-    # By default the series ends with the current hour or day, included.
-    end = _floor(end, granularity) if end else _floor(utcnow(), granularity) + step
-    start = _floor(start, granularity) if start else end - DEFAULT_SPAN[granularity]
+    try:
+        # By default the series ends with the current hour or day, included.
+        end = _floor(end, granularity) if end else _floor(utcnow(), granularity) + step
+        start = _floor(start, granularity) if start else end - DEFAULT_SPAN[granularity]
+    except OverflowError:
+        raise ValidationFailed("`start` or `end` is out of range") from None
     if start >= end:
         raise ValidationFailed("`start` must be before `end`")
     if (end - start) / step > MAX_POINTS[granularity]:

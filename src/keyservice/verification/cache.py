@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -188,6 +189,10 @@ class Listener:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def _lost(self, lost: asyncio.Event, _connection: object) -> None:
+        self._cache.suspend()
+        lost.set()
+
     def _on_notify(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         target = Target.decode(payload)
         if target is None:
@@ -201,13 +206,21 @@ class Listener:
             connection: asyncpg.Connection | None = None
             try:
                 connection = await asyncpg.connect(self._dsn, timeout=10)
+                lost = asyncio.Event()
+                # Told at once when the server closes the connection, rather than at the next
+                # ping: meanwhile, notifications would go unheard and the cache serve stale keys.
+                connection.add_termination_listener(functools.partial(self._lost, lost))
                 await connection.add_listener(CHANNEL, self._on_notify)
                 # Whatever happened while we were not listening is unknown: start afresh.
                 self._cache.resume()
                 self.connected.set()
                 delay = 0.5
                 while True:
-                    await asyncio.sleep(self._ping_seconds)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), timeout=self._ping_seconds)
+                    if lost.is_set():
+                        raise ConnectionError("the listening connection was closed")
+                    # A half-open connection shows no end: the ping finds it.
                     await connection.fetchval("SELECT 1", timeout=5)
             except asyncio.CancelledError:
                 raise

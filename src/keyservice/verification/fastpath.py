@@ -10,6 +10,8 @@ stays declared, for the OpenAPI document and for any app built without this midd
 
 from __future__ import annotations
 
+import json
+
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -38,12 +40,34 @@ def _is_json(content_type: str | None) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+def _route_path(scope: Scope) -> str:
+    """The path below the app's root path (``uvicorn --root-path``), as the router sees it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _parse(raw: bytes) -> VerifyRequest:
+    try:
+        return VerifyRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] != "json_invalid":
+            raise
+        # A byte-order mark or UTF-16/32: the standard library's parser, like FastAPI's, reads
+        # them; pydantic's does not.
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise exc from None
+        return VerifyRequest.model_validate(data)
+
+
 class VerifyFastPath:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST" or _route_path(scope) != PATH:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
@@ -69,8 +93,12 @@ class VerifyFastPath:
                     }
                 ],
             )
+        if not raw:
+            return validation_response(
+                request, [{"loc": ("body",), "msg": "Field required", "type": "missing"}]
+            )
         try:
-            body = VerifyRequest.model_validate_json(raw)
+            body = _parse(raw)
         except ValidationError as exc:
             errors = [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
             return validation_response(request, errors)

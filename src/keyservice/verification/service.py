@@ -51,8 +51,10 @@ class KeyRecord:
     revoked_at: datetime | None
     previous_hash: str | None
     previous_expires_at: datetime | None
-    # For a user's key: the user's role in each account.
+    # For a user's key: the user's role in each account, and its scopes there (worked out once,
+    # here, rather than on every request).
     roles: Mapping[uuid.UUID, Role] = field(default_factory=dict)
+    account_scopes: Mapping[uuid.UUID, frozenset[str]] = field(default_factory=dict)
     limits: Limits = NO_LIMITS
 
 
@@ -123,6 +125,7 @@ async def lookup(session: AsyncSession, key_hash: str, settings: Settings) -> Ke
     if application is not None:
         scopes = scope_rules.intersect(scopes, application.permissions)
     roles: dict[uuid.UUID, Role] = {}
+    catalogue = scope_rules.catalogue(settings.scopes)
     if key.user_id is not None:
         memberships = await session.execute(
             select(Membership.account_id, Membership.role).where(
@@ -145,6 +148,10 @@ async def lookup(session: AsyncSession, key_hash: str, settings: Settings) -> Ke
         previous_hash=key.previous_hash,
         previous_expires_at=key.previous_expires_at,
         roles=roles,
+        account_scopes={
+            account_id: scope_rules.role_scopes(role, scopes, catalogue)
+            for account_id, role in roles.items()
+        },
         limits=effective_limits(settings, key, application),
     )
 
@@ -167,7 +174,6 @@ def resolve(
     record: KeyRecord,
     *,
     account_id: uuid.UUID | None,
-    catalogue: tuple[str, ...],
     client_address: str | None = None,
 ) -> Principal:
     """Pick the account the request acts on, and the key's rights there."""
@@ -196,7 +202,7 @@ def resolve(
         key=record,
         account_id=account_id,
         role=role,
-        scopes=scope_rules.role_scopes(role, record.scopes, catalogue),
+        scopes=record.account_scopes[account_id],
         client_address=client_address,
     )
 

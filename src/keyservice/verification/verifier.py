@@ -26,7 +26,6 @@ from keyservice.errors import (
 )
 from keyservice.models import utcnow
 from keyservice.ratelimit.limiter import Decision, Limiter, Refusal, rate_limit_headers
-from keyservice.scopes import catalogue
 from keyservice.security import KeyFormatError, parse_key
 from keyservice.usage.recorder import UsageRecorder, quota_events
 from keyservice.verification import service
@@ -56,7 +55,6 @@ class Verifier:
         self.sessionmaker = sessionmaker
         self.cache = cache
         self.clock: Callable[[], datetime] = utcnow
-        self.catalogue = catalogue(settings.scopes)
         self.throttle = FailureThrottle(
             per_minute=settings.verify_failures_per_minute,
             block_seconds=settings.verify_block_seconds,
@@ -102,10 +100,7 @@ class Verifier:
         record, grace = await self._authenticate(key, client_address)
         try:
             principal = service.resolve(
-                record,
-                account_id=account_id,
-                catalogue=self.catalogue,
-                client_address=client_address,
+                record, account_id=account_id, client_address=client_address
             )
         except KeyServiceError:
             if record.account_id is not None:
