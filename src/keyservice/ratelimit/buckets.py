@@ -16,6 +16,7 @@ crashes is simply lost.
 
 from __future__ import annotations
 
+import functools
 import typing
 import uuid
 from dataclasses import dataclass
@@ -27,14 +28,16 @@ from sqlalchemy import (
     Float,
     Integer,
     Table,
+    Update,
+    bindparam,
     case,
     cast,
     extract,
     func,
-    literal,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import BindParameter
 
 from keyservice.db import upsert
 from keyservice.models import RateBucket
@@ -89,26 +92,24 @@ class _Clock:
         return cast(func.floor(value), BigInteger) if self.postgres else cast(value, BigInteger)
 
 
-async def lease(
-    session: AsyncSession,
-    *,
-    key_id: uuid.UUID,
-    cost: int,
-    want: int,
-    burst: float,
-    rate: float,
-    window_ms: int,
-    quota: int | None,
-    returned: int = 0,
-) -> LeaseResult:
-    """Take ``want`` tokens (at least ``cost``, else none) from the key's bucket and quota.
+def _param(name: str, type_: Any) -> BindParameter[Any]:
+    return bindparam(name, type_=type_)
 
-    ``returned`` is what the caller's previous lease of this key left unspent: its quota comes
-    back (its rate tokens do not; they only stop counting once their lease has expired)."""
-    clock = _Clock(session.get_bind().dialect.name)
+
+@functools.cache
+def _lease_statement(dialect: str) -> Update:
+    """The lease statement, built once per backend with bound parameters: building it costs
+    more than running it, and a fixed statement stays in SQLAlchemy's compiled cache."""
+    clock = _Clock(dialect)
     now = clock.now()
     month = clock.month()
-    quota_limit = literal(quota if quota is not None else UNLIMITED, BigInteger)
+    cost = _param("cost", BigInteger)
+    want = _param("want", BigInteger)
+    burst = _param("burst", Float)
+    rate = _param("rate", Float)
+    window_ms = _param("window_length_ms", BigInteger)
+    quota = _param("quota", BigInteger)
+    returned = _param("returned", BigInteger)
 
     window = clock.floor(now * 1000.0 / window_ms)
     # A changed policy (another window length) keeps both windows' leases: cautious, and brief.
@@ -117,26 +118,26 @@ async def lease(
         (keep, _c.leased_previous), (window == _c.window + 1, _c.leased_current), else_=0.0
     )
     current = case((keep, _c.leased_current), else_=0.0)
-    capacity = literal(burst, Float) - previous - current
+    capacity = burst - previous - current
     elapsed = _greatest(now - _c.refilled_epoch, 0.0)
     # Never below zero: a tightened policy must not leave the bucket in debt.
     available = _greatest(_least(capacity, _c.tokens + elapsed * rate), 0.0)
     same_month = _c.quota_month == month
     used = case((same_month, _greatest(_c.quota_used - returned, 0)), else_=0)
-    quota_left = quota_limit - used
+    quota_left = quota - used
     # Near the end of a quota, leases shrink, so that a lease lost with its instance wastes
     # little of it. Integer division: quota is counted in whole requests.
-    quota_share = _greatest(literal(cost, BigInteger), quota_left // 10)
+    quota_share = _greatest(cost, quota_left // 10)
     take = case(
         (
             (available >= cost) & (quota_left >= cost),
-            _least(_least(literal(want, BigInteger), clock.floor(available)), quota_share),
+            _least(_least(want, clock.floor(available)), quota_share),
         ),
         else_=0,
     )
-    statement = (
+    return (
         update(_table)
-        .where(_c.key_id == key_id)
+        .where(_c.key_id == bindparam("bucket_key_id", type_=_c.key_id.type))
         .values(
             tokens=available - take,
             refilled_epoch=_greatest(now, _c.refilled_epoch),
@@ -160,9 +161,41 @@ async def lease(
             _c.quota_used,
         )
     )
-    row = (await session.execute(statement)).first()
+
+
+async def lease(
+    session: AsyncSession,
+    *,
+    key_id: uuid.UUID,
+    cost: int,
+    want: int,
+    burst: float,
+    rate: float,
+    window_ms: int,
+    quota: int | None,
+    returned: int = 0,
+) -> LeaseResult:
+    """Take ``want`` tokens (at least ``cost``, else none) from the key's bucket and quota.
+
+    ``returned`` is what the caller's previous lease of this key left unspent: its quota comes
+    back (its rate tokens do not; they only stop counting once their lease has expired)."""
+    dialect = session.get_bind().dialect.name
+    statement = _lease_statement(dialect)
+    params = {
+        "bucket_key_id": key_id,
+        "cost": cost,
+        "want": want,
+        "burst": burst,
+        "rate": rate,
+        "window_length_ms": window_ms,
+        "quota": quota if quota is not None else UNLIMITED,
+        "returned": returned,
+    }
+    row = (await session.execute(statement, params)).first()
     if row is None:
         # First use of this key: a full bucket. Concurrent first uses insert once.
+        clock = _Clock(dialect)
+        now, month = clock.now(), clock.month()
         await session.execute(
             upsert(session, _table)
             .values(
@@ -179,7 +212,7 @@ async def lease(
             )
             .on_conflict_do_nothing(index_elements=[_c.key_id])
         )
-        row = (await session.execute(statement)).one()
+        row = (await session.execute(statement, params)).one()
     return LeaseResult(
         taken=int(row.last_take),
         tokens=float(row.tokens),
