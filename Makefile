@@ -11,7 +11,7 @@ help:
 	@echo "make run        install, migrate the embedded SQLite database and serve on :$(PORT)"
 	@echo "make test       install dev dependencies and run the suite (SQLite and PostgreSQL)"
 	@echo "make lint       ruff (lint + format check) and mypy --strict"
-	@echo "make bench      benchmark /v1/verify against a trivial route on PostgreSQL (docs/performance.md)"
+	@echo "make bench      benchmark /v1/verify (rate limits, usage, two instances) on PostgreSQL (docs/performance.md)"
 	@echo "make openapi    regenerate openapi/openapi.json"
 	@echo "make migrate    apply migrations to KEYSERVICE_DATABASE_URL (default ./keyservice.db)"
 	@echo "make revision m=\"...\"  new Alembic migration"
@@ -62,7 +62,7 @@ revision: install-dev
 openapi: install
 	$(BIN)/keyservice openapi --output openapi/openapi.json
 
-# Needs PostgreSQL (KEYSERVICE_BENCH_POSTGRES_URL, default postgres@127.0.0.1:5432); about a minute.
+# Needs PostgreSQL (KEYSERVICE_BENCH_POSTGRES_URL, default postgres@127.0.0.1:5432); about two minutes.
 # Options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--loadgen python --seconds 5".
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,39 @@ class LoadResult:
 
 @dataclass(frozen=True)
 class Counters:
-    """bench/server.py's counters (``GET /bench/counters``)."""
+    """bench/server.py's counters (``GET /bench/counters``), or their change over a run."""
 
+    # Every statement the app's engine sent, and among them the usage flusher's and the leases
+    # (statements on the rate-limit buckets); the rest are lookups and the management API's.
     sql_statements: int
+    sql_flush: int
+    sql_lease: int
+    # Connections checked out of the pool: each costs a round trip (pre-ping), not a statement.
+    checkouts: int
     verified: int
+    # Refused by the key's rate limit or quota (``RATE_LIMITED``, ``QUOTA_EXCEEDED``).
+    rate_limited: int
+    # Refused for any other reason.
     refused: int
+    leases_taken: int
 
     def __sub__(self, other: Counters) -> Counters:
         return Counters(
-            sql_statements=self.sql_statements - other.sql_statements,
-            verified=self.verified - other.verified,
-            refused=self.refused - other.refused,
+            **{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)}
         )
+
+    def __add__(self, other: Counters) -> Counters:
+        return Counters(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+    @property
+    def verifications(self) -> int:
+        return self.verified + self.rate_limited + self.refused
+
+    @property
+    def sql_other(self) -> int:
+        return self.sql_statements - self.sql_flush - self.sql_lease
 
 
 @dataclass(frozen=True)
@@ -116,12 +138,21 @@ class RouteSummary:
         return cpu / requests * 1e6 if requests else None
 
     @property
+    def counters(self) -> Counters:
+        """The server's counters over all the runs."""
+        total = self.runs[0].counters
+        for run in self.runs[1:]:
+            total = total + run.counters
+        return total
+
+    def per_1000_verifications(self, count: int) -> float | None:
+        """``count`` per 1000 verifications of the runs; None where they verified nothing."""
+        verifications = self.counters.verifications
+        return count / verifications * 1000 if verifications else None
+
+    @property
     def sql_per_1000_verifications(self) -> float | None:
-        """None where the runs verified nothing."""
-        verifications = sum(r.counters.verified + r.counters.refused for r in self.runs)
-        if not verifications:
-            return None
-        return sum(r.counters.sql_statements for r in self.runs) / verifications * 1000
+        return self.per_1000_verifications(self.counters.sql_statements)
 
 
 def summarise(results: Sequence[PhaseResult]) -> dict[str, RouteSummary]:
@@ -134,3 +165,80 @@ def summarise(results: Sequence[PhaseResult]) -> dict[str, RouteSummary]:
         name: RouteSummary(name, runs[0].phase.target.route, tuple(runs))
         for name, runs in grouped.items()
     }
+
+
+@dataclass(frozen=True)
+class AccuracyLoad:
+    """What bench/overload.py saw: every request it sent was answered, or is an error."""
+
+    requests: int
+    # Answers by ``code`` (``VALID``, ``RATE_LIMITED``, ...).
+    codes: dict[str, int]
+    # Socket errors, requests left unanswered, non-200 answers, bodies without a code.
+    errors: int
+    # From the first request sent to the last answer received.
+    seconds: float
+    # Send and answer times of the admitted (VALID) requests, in seconds from the first send.
+    admitted: tuple[tuple[float, float], ...]
+    connections: int
+
+    @property
+    def admitted_count(self) -> int:
+        return self.codes.get("VALID", 0)
+
+
+def worst_interval_excess(
+    admitted: Sequence[tuple[float, float]], burst: int, rate: float
+) -> float:
+    """The largest ``n - (burst + rate x (end - start))`` over every interval, where ``n`` counts
+    the requests certainly admitted within it: sent at or after ``start``, answered by ``end``.
+
+    Admission happens somewhere between a request's send and its answer, so a positive excess is a
+    real violation. Intervals start at a send and end at an answer; O(n^2) for n admitted.
+    """
+    ordered = sorted(admitted)
+    answers: list[float] = []
+    worst = float("-inf")
+    # From the latest start back, keeping the answers of the requests sent since, sorted.
+    for sent, answered in reversed(ordered):
+        bisect.insort(answers, answered)
+        best = max(count - rate * end for count, end in enumerate(answers, start=1))
+        worst = max(worst, best + rate * sent - burst)
+    return worst
+
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    """The multi-instance accuracy run: one rate-limited key, loaded through several instances."""
+
+    limit: int
+    period_seconds: int
+    burst: int
+    instances: int
+    load: AccuracyLoad
+    # The instances' counters over the run, summed.
+    counters: Counters
+    loadgen_cpu_seconds: float
+    worst_excess: float
+
+    @property
+    def rate(self) -> float:
+        return self.limit / self.period_seconds
+
+    @property
+    def allowance(self) -> float:
+        """The exact allowance over the run: ``burst + rate x elapsed``."""
+        return self.burst + self.rate * self.load.seconds
+
+    @property
+    def admitted(self) -> int:
+        return self.load.admitted_count
+
+    @property
+    def ratio(self) -> float:
+        return self.admitted / self.allowance
+
+    @property
+    def over(self) -> float:
+        """Requests admitted beyond the allowance (negative: within it)."""
+        return self.admitted - self.allowance

@@ -12,7 +12,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import fields
 from pathlib import Path
 from types import TracebackType
 
@@ -21,16 +23,23 @@ import httpx
 
 from bench import HOST, BenchError, pin_to
 from bench.results import Counters
+from bench.server import COUNTERS_PATH
 from keyservice import migrate
 from keyservice.accounts import service as accounts_service
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
+from keyservice.keys.service import new_key
+from keyservice.models import Application, KeyKind
+from keyservice.security import Environment
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TIMEOUT = 30.0
 SETUP_TIMEOUT = 60.0
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+SETTLE_TIMEOUT = 30.0
+SETTLE_INTERVAL = 0.1
+SETTLE_READS = 3
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -89,6 +98,63 @@ async def _prepare(url: str) -> str:
 def prepare(url: str) -> str:
     """Migrate the database and bootstrap an account: its owner key."""
     return asyncio.run(asyncio.wait_for(_prepare(url), SETUP_TIMEOUT))
+
+
+async def _create_keys(
+    url: str,
+    application_id: str,
+    count: int,
+    *,
+    scopes: Sequence[str],
+    rate_limit: dict[str, int],
+) -> list[str]:
+    settings = Settings(mode="production", database_url=url)
+    engine = create_engine(settings, url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            application = await session.get(Application, uuid.UUID(application_id))
+            if application is None:
+                raise BenchError(f"no application {application_id}")
+            secrets_ = []
+            for number in range(count):
+                key, secret = new_key(
+                    prefix=settings.key_prefix,
+                    kind=KeyKind.application,
+                    name=f"Bench key {number + 1}",
+                    environment=Environment.live,
+                    scopes=scopes,
+                    expires_at=None,
+                    account_id=application.account_id,
+                    application_id=application.id,
+                )
+                key.rate_limit = rate_limit["limit"]
+                key.rate_period_seconds = rate_limit["period_seconds"]
+                key.rate_burst = rate_limit["burst"]
+                session.add(key)
+                secrets_.append(secret)
+            await session.commit()
+    finally:
+        await engine.dispose()
+    return secrets_
+
+
+def create_keys(
+    url: str,
+    application_id: str,
+    count: int,
+    *,
+    scopes: Sequence[str],
+    rate_limit: dict[str, int],
+) -> list[str]:
+    """``count`` keys of an application, each with ``rate_limit`` (``limit``, ``period_seconds``,
+    ``burst``), written straight to the database with keyservice's own ``new_key``: thousands of
+    keys in seconds rather than thousands of API calls. Their secrets, in order."""
+    return asyncio.run(
+        asyncio.wait_for(
+            _create_keys(url, application_id, count, scopes=scopes, rate_limit=rate_limit),
+            SETUP_TIMEOUT,
+        )
+    )
 
 
 def free_port() -> int:
@@ -191,15 +257,30 @@ class Server:
         self._log.seek(0)
         return self._log.read()[-4000:]
 
-    def counters(self) -> Counters:
-        response = self.client.get("/bench/counters")
+    def _counters(self) -> dict[str, int]:
+        response = self.client.get(COUNTERS_PATH)
         response.raise_for_status()
-        data = response.json()
-        return Counters(
-            sql_statements=int(data["sql_statements"]),
-            verified=int(data["verified"]),
-            refused=int(data["refused"]),
-        )
+        return {name: int(value) for name, value in response.json().items()}
+
+    def counters(self) -> Counters:
+        data = self._counters()
+        return Counters(**{f.name: data[f.name] for f in fields(Counters)})
+
+    def settle(self) -> None:
+        """Wait until the server has finished the requests it was sent: a load generator that
+        stops at its deadline abandons those in flight, which the server still answers (slow
+        ones would otherwise spill into the next run). Done when its verifications stop moving."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        last, still = self.counters().verifications, 0
+        while still < SETTLE_READS and time.monotonic() < deadline:
+            time.sleep(SETTLE_INTERVAL)
+            now = self.counters().verifications
+            still = still + 1 if now == last else 0
+            last = now
+
+    def cache_entries(self) -> int:
+        """Keys in the instance's verification cache now."""
+        return self._counters()["cache_entries"]
 
     def cpu_seconds(self) -> float | None:
         assert self.process is not None
