@@ -89,15 +89,9 @@ async def update_application(
         scope_rules.check_grantable(actor.scopes, changes["permissions"])
     if "developer_email" in changes:
         changes["developer_email"] = str(changes["developer_email"])
-    changed = {
-        field: {"from": getattr(application, field), "to": value}
-        for field, value in changes.items()
-        if getattr(application, field) != value
-    }
+    changed = audit.apply_changes(application, changes)
     if not changed:
         return application
-    for field, change in changed.items():
-        setattr(application, field, change["to"])
     await session.flush()
     if changed.keys() - {"name", "developer_email", "description"}:
         # Permissions and limits are part of every cached key record of the application.

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -10,6 +10,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyservice.models import AuditEvent
 from keyservice.pagination import PageParams, paginate
 from keyservice.verification.service import Actor
+
+
+def apply_changes(target: object, changes: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Set ``changes`` on ``target``; return those that changed anything, as the audit trail
+    records them: ``{field: {"from": old, "to": new}}``."""
+    changed = {
+        field: {"from": getattr(target, field), "to": value}
+        for field, value in changes.items()
+        if getattr(target, field) != value
+    }
+    for field, change in changed.items():
+        setattr(target, field, change["to"])
+    return changed
 
 
 async def record(

@@ -221,14 +221,8 @@ async def update_key(
         changes |= limit_columns(data.rate_limit)
     if "monthly_quota" in data.model_fields_set:
         changes["monthly_quota"] = data.monthly_quota
-    changed = {
-        column: {"from": getattr(key, column), "to": value}
-        for column, value in changes.items()
-        if getattr(key, column) != value
-    }
+    changed = audit.apply_changes(key, changes)
     if changed:
-        for column, change in changed.items():
-            setattr(key, column, change["to"])
         await session.flush()
         await invalidate(session, Target("key", key.id))
         await audit.record(
