@@ -205,6 +205,16 @@ async def test_verification_with_caller_authentication(
             }
             assert str(other.account.id) not in response.text or "account_id" in body
 
+        # Nor that it was revoked or has expired.
+        await client.post(f"/v1/keys/{foreign['id']}/revoke", headers=other.headers)
+        response = await strict.post(
+            "/v1/verify", json={"key": foreign["key"]}, headers=auth(gateway["key"])
+        )
+        assert response.json()["code"] == "NOT_FOUND"
+        assert (await client.post("/v1/verify", json={"key": foreign["key"]})).json()[
+            "code"
+        ] == "REVOKED"  # its holder, unauthenticated, may know
+
     # Without the setting, a header key alongside a body key still authenticates the caller.
     response = await client.post(
         "/v1/verify", json={"key": foreign["key"]}, headers=auth(gateway["key"])

@@ -141,12 +141,10 @@ async def answer(
             client_address=address,
             endpoint=body.endpoint,
             cost=body.cost,
+            confined=authenticated,
         )
     except OverLimit as error:
         return Answer(_refused(error, rate_limit_state(error.decision)), dict(error.headers))
-    except AccountForbidden as error:
-        # An authenticated caller is not told that a key of another account exists.
-        return Answer(_refused(UnknownKey() if authenticated else error), {})
     except KeyServiceError as error:
         if error.code is None:
             raise

@@ -94,10 +94,16 @@ class Verifier:
         client_address: str | None = None,
         endpoint: str | None = None,
         cost: int = 1,
+        confined: bool = False,
     ) -> Verified:
         """Verify ``key`` for ``scopes`` on ``account_id``, within its limits; count the request
-        as the key's usage of ``endpoint``; raise the reason it is refused."""
-        record, grace = await self._authenticate(key, client_address)
+        as the key's usage of ``endpoint``; raise the reason it is refused.
+
+        ``confined``: a key that does not reach ``account_id`` is unknown, whatever its state:
+        the caller must not learn that it exists, nor that it was revoked."""
+        record, grace = await self._authenticate(
+            key, client_address, confined_to=account_id if confined else None
+        )
         try:
             principal = service.resolve(
                 record, account_id=account_id, client_address=client_address
@@ -153,7 +159,11 @@ class Verifier:
             raise TooManyFailures(retry_after=retry_after)
 
     async def _authenticate(
-        self, key: str | None, client_address: str | None
+        self,
+        key: str | None,
+        client_address: str | None,
+        *,
+        confined_to: uuid.UUID | None = None,
     ) -> tuple[KeyRecord, bool]:
         retry_after = self.throttle.retry_after(client_address)
         if retry_after is not None:
@@ -171,5 +181,7 @@ class Verifier:
         record = await self.record(parsed.hash)
         if record is None:
             self._failed(client_address)
+            raise UnknownKey()
+        if confined_to is not None and confined_to not in (record.account_id, *record.roles):
             raise UnknownKey()
         return record, service.authenticate(record, parsed.hash, self.clock())
