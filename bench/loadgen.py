@@ -58,6 +58,42 @@ class Stats:
     non_2xx: int = 0
 
 
+class MalformedResponse(Exception):
+    pass
+
+
+class ResponseReader:
+    """Cuts complete HTTP/1.1 responses (status, body) out of a keep-alive byte stream. Only
+    Content-Length bodies: the routes measured never answer chunked."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._expected: int | None = None
+        self._body_start = 0
+        self._status = 0
+
+    def feed(self, data: bytes) -> tuple[int, bytes] | None:
+        """The response that ``data`` completes, if any (one request is in flight at a time)."""
+        self._buffer += data
+        if self._expected is None:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return None
+            head = bytes(self._buffer[: end + 2])
+            match = CONTENT_LENGTH.search(head)
+            if not head.startswith(b"HTTP/1.1 ") or match is None:
+                raise MalformedResponse(head[:80])
+            self._status = int(head[9:12])
+            self._body_start = end + 4
+            self._expected = self._body_start + int(match.group(1))
+        if len(self._buffer) < self._expected:
+            return None
+        body = bytes(self._buffer[self._body_start : self._expected])
+        del self._buffer[: self._expected]
+        self._expected = None
+        return self._status, body
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection with one request in flight; a Protocol rather than streams,
     because the generator must stay much cheaper per request than the server it measures."""
@@ -67,9 +103,7 @@ class Connection(asyncio.Protocol):
         self._stats = stats
         self._closed = closed
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        self._expected: int | None = None
-        self._status = 0
+        self._reader = ResponseReader()
         self._sent_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,27 +128,17 @@ class Connection(asyncio.Protocol):
         self._transport.write(next(self._requests))
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if self._expected is None:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(self._buffer[: end + 2])
-            match = CONTENT_LENGTH.search(head)
-            if not head.startswith(b"HTTP/1.1 ") or match is None:
-                # Chunked or malformed answers are not expected from the routes measured.
-                self._fail()
-                return
-            self._status = int(head[9:12])
-            self._expected = end + 4 + int(match.group(1))
-        if len(self._buffer) < self._expected:
+        try:
+            response = self._reader.feed(data)
+        except MalformedResponse:
+            self._fail()
+            return
+        if response is None:
             return
         now = time.perf_counter()
-        del self._buffer[: self._expected]
-        self._expected = None
         if now <= self._stats.deadline:
             self._stats.latencies.append(now - self._sent_at)
-            if not 200 <= self._status < 400:
+            if not 200 <= response[0] < 400:
                 self._stats.non_2xx += 1
         self._send()
 

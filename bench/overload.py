@@ -35,7 +35,13 @@ from functools import partial
 from pathlib import Path
 from typing import cast
 
-from bench.loadgen import CONTENT_LENGTH, GRACE_SECONDS, http_request, uvloop
+from bench.loadgen import (
+    GRACE_SECONDS,
+    MalformedResponse,
+    ResponseReader,
+    http_request,
+    uvloop,
+)
 
 
 @dataclass
@@ -57,10 +63,7 @@ class Connection(asyncio.Protocol):
         self._stats = stats
         self._closed = closed
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        self._expected: int | None = None
-        self._body_start = 0
-        self._status = 0
+        self._reader = ResponseReader()
         self._sent_at = 0.0
         self._in_flight = False
 
@@ -85,31 +88,21 @@ class Connection(asyncio.Protocol):
         self._transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if self._expected is None:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(self._buffer[: end + 2])
-            match = CONTENT_LENGTH.search(head)
-            if not head.startswith(b"HTTP/1.1 ") or match is None:
-                self._fail()
-                return
-            self._status = int(head[9:12])
-            self._body_start = end + 4
-            self._expected = self._body_start + int(match.group(1))
-        if len(self._buffer) < self._expected:
+        try:
+            response = self._reader.feed(data)
+        except MalformedResponse:
+            self._fail()
+            return
+        if response is None:
             return
         answered = time.perf_counter()
-        body = bytes(self._buffer[self._body_start : self._expected])
-        del self._buffer[: self._expected]
-        self._expected = None
+        status, body = response
         self._in_flight = False
         stats = self._stats
         stats.requests += 1
         stats.last_answered = max(stats.last_answered, answered)
         code = None
-        if self._status == 200:
+        if status == 200:
             with contextlib.suppress(ValueError, AttributeError):
                 code = json.loads(body).get("code")
         if not isinstance(code, str):
