@@ -50,11 +50,6 @@ def intersect(a: Collection[str], b: Collection[str]) -> frozenset[str]:
     return frozenset(s for s in a if covers(b, s)) | frozenset(s for s in b if covers(a, s))
 
 
-def role_allows(role: Role, scope: str) -> bool:
-    """Owners and admins hold every right; members only read."""
-    return role.can_manage or split(scope)[1] == "read"
-
-
 def role_scopes(role: Role, scopes: Iterable[str], catalogue: Iterable[str]) -> frozenset[str]:
     """``scopes`` as far as ``role`` allows them: a member's ``deals:*`` reads as ``deals:read``."""
     scopes = frozenset(scopes)

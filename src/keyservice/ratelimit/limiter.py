@@ -93,10 +93,6 @@ class Limiter:
         )
         self.leases_taken = 0
 
-    def forget(self) -> None:
-        """Drop every lease (their tokens are lost, never duplicated)."""
-        self._leases.clear()
-
     async def check(self, key_id: uuid.UUID, limits: Limits, cost: int = 1) -> Decision:
         if limits.rate is not None and cost > limits.rate.burst:
             # Could never pass: refused without a write, and without a Retry-After to follow.

@@ -38,7 +38,6 @@ class RateLimit(BaseModel):
         )
 
 
-MonthlyQuota = int | None
 QUOTA_FIELD = Field(
     default=None,
     ge=1,

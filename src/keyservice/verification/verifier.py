@@ -120,7 +120,7 @@ class Verifier:
         decision = None
         if record.limits.limited:
             decision = await self.limiter.check(record.id, record.limits, cost)
-            self._quota_alerts(record, principal.account_id, decision, cost)
+            self._quota_alerts(record, principal.account_id, decision)
             if not decision.allowed:
                 self.usage.record(
                     record.id, principal.account_id, endpoint, allowed=False, rate_limited=True
@@ -130,9 +130,7 @@ class Verifier:
         self.usage.record(record.id, principal.account_id, endpoint, allowed=True, cost=cost)
         return Verified(principal=principal, grace=grace, decision=decision)
 
-    def _quota_alerts(
-        self, record: KeyRecord, account_id: uuid.UUID, decision: Decision, cost: int
-    ) -> None:
+    def _quota_alerts(self, record: KeyRecord, account_id: uuid.UUID, decision: Decision) -> None:
         quota = record.limits.monthly_quota
         if quota is None or decision.quota_leased is None:
             return  # only a lease from the shared bucket moves the quota
