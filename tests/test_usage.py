@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from conftest import client_for
 from factories import auth, create_application, create_key, create_tenant
-from keyservice.usage.recorder import endpoint_template
+from keyservice.models import ApiKey, UsageCounter
+from keyservice.usage.recorder import UsageRecorder, endpoint_template
 
 
 async def _flush(app: FastAPI) -> None:
@@ -189,3 +192,46 @@ def test_endpoint_templates() -> None:
     assert endpoint_template("GET", "/v1/users/me") == "GET /v1/users/me"
     assert endpoint_template("GET", "/v1/objects/cus_4eC39HqLyjWDarjt") == "GET /v1/objects/{id}"
     assert endpoint_template("GET", "") == "GET /"
+
+
+async def test_last_used_at_follows_the_latest_use_and_never_goes_back(
+    session: AsyncSession, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    tenant = await create_tenant(session)
+    key = (await session.scalars(select(ApiKey).where(ApiKey.user_id == tenant.owner.id))).one()
+    moments = [
+        datetime(2026, 11, 21, 10, 30, tzinfo=UTC),
+        datetime(2026, 11, 21, 10, 45, tzinfo=UTC),
+        datetime(2026, 11, 21, 10, 40, tzinfo=UTC),  # another instance's older news
+    ]
+    now = moments[0]
+    recorder = UsageRecorder(
+        sessionmaker, max_endpoints=5, rate_limited_alert_refusals=100, clock=lambda: now
+    )
+    seen = []
+    for now in moments:  # noqa: B007 (the recorder's clock reads it)
+        recorder.record(key.id, tenant.account.id, "GET /x", allowed=True)
+        assert await recorder.flush() == 1
+        await session.refresh(key)
+        seen.append(key.last_used_at)
+    assert seen == [datetime(2026, 11, 21, 10, 30, tzinfo=UTC)] + 2 * [
+        datetime(2026, 11, 21, 10, 45, tzinfo=UTC)
+    ]
+    counts = (
+        await session.scalars(select(UsageCounter.allowed).where(UsageCounter.key_id == key.id))
+    ).all()
+    assert counts == [3]  # one hour, one endpoint: one row
+
+
+async def test_a_key_deleted_before_the_flush_loses_only_its_own_counts(
+    session: AsyncSession, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    tenant = await create_tenant(session)
+    key = (await session.scalars(select(ApiKey).where(ApiKey.user_id == tenant.owner.id))).one()
+    recorder = UsageRecorder(sessionmaker, max_endpoints=5, rate_limited_alert_refusals=100)
+    gone = uuid.uuid4()
+    recorder.record(gone, tenant.account.id, "GET /x", allowed=True)
+    recorder.record(key.id, tenant.account.id, "GET /x", allowed=True)
+    await recorder.flush()
+    rows = (await session.execute(select(UsageCounter.key_id, UsageCounter.allowed))).all()
+    assert [tuple(row) for row in rows] == [(key.id, 1)]

@@ -43,8 +43,13 @@ class Settings(BaseSettings):
     )
     key_prefix: str = Field(default="ks", description="First part of every issued key.")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(
+        default=0,
+        ge=0,
+        description="Connections beyond the pool, opened for a burst and closed after it: under "
+        "bursts they are opened and closed all the time, which costs more than waiting.",
+    )
 
     # Verification
     cache_max_entries: int = Field(default=100_000, ge=0, description="0 disables the cache.")

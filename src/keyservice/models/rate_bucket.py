@@ -11,9 +11,10 @@ from keyservice.models.base import Base
 class RateBucket(Base):
     """A key's token bucket and monthly quota, shared by every instance.
 
-    Instances lease tokens from it with one atomic UPDATE whose arithmetic reads only this row
-    (see ``keyservice.ratelimit.buckets``). Times are the database's clock, in epoch seconds, so
-    that instances whose clocks disagree cannot refill a bucket twice.
+    Instances lease tokens from it with one atomic UPDATE (for many keys at once) whose arithmetic
+    reads only this row and the request (see ``keyservice.ratelimit.buckets``). Times are the
+    database's clock, in epoch seconds, so that instances whose clocks disagree cannot refill a
+    bucket twice.
     """
 
     __tablename__ = "rate_buckets"
@@ -29,6 +30,12 @@ class RateBucket(Base):
     window_ms: Mapped[int] = mapped_column(default=0)
     leased_previous: Mapped[float] = mapped_column(Float, default=0.0)
     leased_current: Mapped[float] = mapped_column(Float, default=0.0)
+    # Long leases, taken by instances that use the key less often than a short lease lives: the
+    # same accounting in windows of their own length.
+    long_window: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    long_window_ms: Mapped[int] = mapped_column(default=0, server_default="0")
+    long_leased_previous: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    long_leased_current: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     last_take: Mapped[float] = mapped_column(Float, default=0.0)
     # The calendar month (UTC, yyyymm) of quota_used.
     quota_month: Mapped[int] = mapped_column(default=0)

@@ -3,11 +3,18 @@
 A key's requests on one instance cost one database write per lease, not per request, and a key
 that is over its limit costs none while it waits: the bucket cannot refill faster than its rate,
 so the instance knows when asking again could succeed.
+
+A key in steady use takes short leases (a fraction of a second of its rate); a key the instance
+sees now and then takes long ones (``LONG_LEASE_SECONDS``, a small share of its burst), which a
+single request rarely outlives. The leases that the requests for many keys need at one time are
+taken together, in one statement: thousands of keys cost a few statements a second, not one per
+request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 import uuid
@@ -20,8 +27,9 @@ from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from keyservice.errors import UnknownKey
 from keyservice.ratelimit import buckets
-from keyservice.ratelimit.policy import Limits, RatePolicy
+from keyservice.ratelimit.policy import LONG_LEASE_SECONDS, Limits, RatePolicy
 
 # A key with a quota and no rate limit leases its quota in chunks, kept this long.
 QUOTA_LEASE_SECONDS = 1.0
@@ -91,7 +99,13 @@ class Limiter:
         self._locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        self._pending: dict[
+            uuid.UUID,
+            tuple[buckets.LeaseRequest, asyncio.Future[buckets.LeaseResult | None]],
+        ] = {}
+        self._leaser: asyncio.Task[None] | None = None
         self.leases_taken = 0
+        self.lease_batches = 0
 
     async def check(self, key_id: uuid.UUID, limits: Limits, cost: int = 1) -> Decision:
         if limits.rate is not None and cost > limits.rate.burst:
@@ -123,32 +137,45 @@ class Limiter:
         return None
 
     async def _lease(self, key_id: uuid.UUID, limits: Limits, cost: int) -> Decision:
+        previous = self._leases.get(key_id)
+        # A key this instance has not seen yet, or whose last lease outlived its use, is used
+        # now and then here: it takes a long lease, so as not to cost a write per request.
+        cold = previous is None or previous.limits != limits or previous.tokens >= cost
         rate = limits.rate
         if rate is not None:
-            want, lifetime = rate.lease_size(cost), rate.lease_seconds
+            long_want = rate.long_lease_size(cost) if cold else None
+            want = rate.lease_size(cost) if long_want is None else long_want
+            short_seconds = rate.lease_seconds
             burst, per_second = float(rate.burst), rate.rate
         else:
-            want, lifetime = max(cost, QUOTA_LEASE_SIZE), QUOTA_LEASE_SECONDS
+            long_want = want = max(cost, QUOTA_LEASE_SIZE)
+            short_seconds = QUOTA_LEASE_SECONDS
             burst = per_second = float(buckets.UNLIMITED)
-        window_ms = max(1, int(lifetime * 1000))
+        long = long_want is not None and cold
+        window_ms = max(1, int(short_seconds * 1000))
+        long_window_ms = int(LONG_LEASE_SECONDS * 1000)
         # The lease lives no longer than the bucket's window that accounts for it.
-        lifetime = window_ms / 1000
-        previous = self._leases.get(key_id)
+        lifetime = (long_window_ms if long else window_ms) / 1000
         # What the previous lease left unspent goes back to the quota.
         returned = int(previous.tokens) if previous and previous.limits == limits else 0
         started = self._clock()
-        async with self.sessionmaker() as session, session.begin():
-            result = await buckets.lease(
-                session,
+        result = await self._take(
+            buckets.LeaseRequest(
                 key_id=key_id,
                 cost=cost,
                 want=want,
                 burst=burst,
                 rate=per_second,
                 window_ms=window_ms,
+                long_window_ms=long_window_ms,
+                long=long,
                 quota=limits.monthly_quota,
                 returned=returned,
+                create=previous is None,
             )
+        )
+        if result is None:
+            raise UnknownKey()  # deleted while it was being verified
         self.leases_taken += 1
         lease = _Lease(
             limits=limits,
@@ -173,26 +200,78 @@ class Limiter:
             block = wait
         else:
             lease.refusal = Refusal.rate
-            wait = self._rate_wait(rate, result, cost, lifetime)
+            windows = (window_ms / 1000, long_window_ms / 1000)
+            wait = self._rate_wait(rate, result, cost, *windows)
             # Ask the bucket again only once it can fill a lease, not a single request: an
             # instance over its limit then costs a write per lease, not per admitted request.
-            block = self._rate_wait(rate, result, max(cost, min(want, rate.burst)), lifetime)
+            block = self._rate_wait(rate, result, max(cost, min(want, rate.burst)), *windows)
         lease.blocked_until = started + min(block, MAX_LOCAL_BLOCK_SECONDS)
         lease.blocked_cost = cost
         return replace(self._refused(lease, max(1, math.ceil(wait))), quota_leased=leased)
 
+    async def _take(self, request: buckets.LeaseRequest) -> buckets.LeaseResult | None:
+        """Lease in the next batch: requests for other keys that arrive while a batch is in
+        flight go together in the next statement."""
+        future: asyncio.Future[buckets.LeaseResult | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending[request.key_id] = (request, future)
+        if self._leaser is None:
+            self._leaser = asyncio.create_task(self._lease_batches())
+        return await future
+
+    async def _lease_batches(self) -> None:
+        try:
+            while self._pending:
+                keys = list(itertools.islice(self._pending, buckets.MAX_BATCH))
+                batch = [self._pending.pop(key_id) for key_id in keys]
+                try:
+                    async with self.sessionmaker() as session:
+                        results = await buckets.lease(session, [request for request, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                except BaseException:
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+                self.lease_batches += 1
+                for request, future in batch:
+                    # A request that gave up waiting leaves its lease unspent: lost, never lent.
+                    if not future.done():
+                        future.set_result(results.get(request.key_id))
+        finally:
+            self._leaser = None
+
     @staticmethod
     def _rate_wait(
-        rate: RatePolicy, result: buckets.LeaseResult, cost: int, window: float
+        rate: RatePolicy,
+        result: buckets.LeaseResult,
+        cost: int,
+        window: float,
+        long_window: float,
     ) -> float:
         """How long until the bucket can have ``cost`` tokens: refill, and leases expiring."""
         wait = max(0.0, (cost - result.tokens) / rate.rate)
         window_end = max(0.0, (result.window + 1) * window - result.now_epoch)
-        if rate.burst - result.leased_previous - result.leased_current < cost:
-            # The previous window's leases stop counting at the end of this one; if that is not
-            # enough, the current window's stop counting one window later.
-            freed = rate.burst - result.leased_current
-            wait = max(wait, window_end if freed >= cost else window_end + window)
+        long_window_end = max(0.0, (result.long_window + 1) * long_window - result.now_epoch)
+        # Each window's leases stop counting when the window after it ends.
+        expiring = sorted(
+            [
+                (window_end, result.leased_previous),
+                (window_end + window, result.leased_current),
+                (long_window_end, result.long_leased_previous),
+                (long_window_end + long_window, result.long_leased_current),
+            ]
+        )
+        held = sum(tokens for _, tokens in expiring)
+        for at, tokens in expiring:
+            if rate.burst - held >= cost:
+                break
+            held -= tokens
+            wait = max(wait, at)
         return wait
 
     def _allowed(self, lease: _Lease, now: float) -> Decision:

@@ -10,6 +10,10 @@ from keyservice.config import Settings
 # How long a lease may live, at most, and how much of a second of the key's rate it may carry.
 MAX_LEASE_SECONDS = 0.2
 LEASE_SHARE_SECONDS = 0.05
+# A key an instance sees less often than its short leases live takes long ones: this long, of this
+# share of the burst (and only if that is worth more than a short one).
+LONG_LEASE_SECONDS = 30.0
+LONG_LEASE_SHARE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,13 @@ class RatePolicy:
         write per request), a share of a second of the rate for a fast one (one write per lease)."""
         share = int(self.rate * min(LEASE_SHARE_SECONDS, self.lease_seconds))
         return max(cost, min(share, self.burst))
+
+    def long_lease_size(self, cost: int) -> int | None:
+        """Tokens to lease for ``LONG_LEASE_SECONDS``, for a key used now and then: a sixteenth of
+        the burst, so that the instances holding such leases keep most of it free; None when
+        that would not serve more than this request."""
+        size = self.burst // LONG_LEASE_SHARE
+        return size if size > cost else None
 
 
 @dataclass(frozen=True, slots=True)

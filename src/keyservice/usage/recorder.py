@@ -3,27 +3,32 @@
 Each verification of a known key adds one to a counter per (key, account, endpoint, hour), allowed
 and refused apart. Every ``usage_flush_seconds`` (and when the app shuts down) the counters are
 written with one multi-row ``INSERT ... ON CONFLICT DO UPDATE`` per thousand rows, in the same
-transaction as the keys' ``last_used_at`` and any alert events. A failed flush keeps its counts for
-the next one. A crash loses at most what was counted since the last flush.
+transaction as the keys' ``last_used_at`` (one ``UPDATE`` per thousand keys) and any alert events.
+The statements are fixed, whatever the number of rows (the rows travel as one JSON parameter): they
+are compiled once, not per flush, which would hold up every request for as long. A failed flush
+keeps its counts for the next one. A crash loses at most what was counted since the last flush.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import re
+import typing
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, literal, select, update
+from sqlalchemy import BigInteger, String, Table, Uuid, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from keyservice.db import upsert
+from keyservice.db import JsonRows, upsert
 from keyservice.models import ApiKey, Event, UsageCounter, utcnow
 from keyservice.models.base import UTCDateTime
 
@@ -150,73 +155,43 @@ class UsageRecorder:
             return len(batch.counts)
 
     async def _write(self, session: AsyncSession, batch: _Batch) -> None:
-        key_ids = {key_id for key_id, *_ in batch.counts} | set(batch.last_used)
-        existing = set(
-            (await session.scalars(select(ApiKey.id).where(ApiKey.id.in_(key_ids)))).all()
-        )
+        name = session.get_bind().dialect.name
         # Rows in one order on every instance, so that concurrent flushes cannot deadlock.
-        rows = [
-            {
-                "key_id": key_id,
-                "account_id": account_id,
-                "endpoint": endpoint,
-                "hour": hour,
-                "allowed": allowed,
-                "refused": refused,
-                "rate_limited": rate_limited,
-            }
-            for (key_id, account_id, endpoint, hour), (allowed, refused, rate_limited) in sorted(
-                batch.counts.items(), key=lambda item: (str(item[0][0]), item[0][2], item[0][3])
-            )
-            if key_id in existing  # a key deleted since has no counters to keep
-        ]
-        table = UsageCounter.__table__
-        for start in range(0, len(rows), ROWS_PER_STATEMENT):
-            statement = upsert(session, table).values(rows[start : start + ROWS_PER_STATEMENT])
-            await session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["key_id", "endpoint", "hour"],
-                    set_={
-                        "allowed": table.c.allowed + statement.excluded.allowed,
-                        "refused": table.c.refused + statement.excluded.refused,
-                        "rate_limited": table.c.rate_limited + statement.excluded.rate_limited,
-                    },
+        counts = sorted(
+            batch.counts.items(), key=lambda item: (item[0][0].hex, item[0][2], item[0][3])
+        )
+        for start in range(0, len(counts), ROWS_PER_STATEMENT):
+            rows = (
+                {
+                    "key_id": key_id,
+                    "account_id": account_id,
+                    "endpoint": endpoint,
+                    "hour": hour,
+                    "allowed": allowed,
+                    "refused": refused,
+                    "rate_limited": rate_limited,
+                }
+                for (key_id, account_id, endpoint, hour), (allowed, refused, rate_limited) in (
+                    counts[start : start + ROWS_PER_STATEMENT]
                 )
             )
-        last_used = sorted(
-            ((k, at) for k, at in batch.last_used.items() if k in existing), key=lambda r: str(r[0])
-        )
-        if last_used:
-            await self._touch(session, last_used)
+            await session.execute(_count_statement(name), _counts(name).bind(rows))
+        last_used = sorted(batch.last_used.items(), key=lambda item: item[0].hex)
+        for start in range(0, len(last_used), ROWS_PER_STATEMENT):
+            chunk = last_used[start : start + ROWS_PER_STATEMENT]
+            await session.execute(
+                _touch_statement(name),
+                _touches(name).bind({"key_id": key_id, "at": at} for key_id, at in chunk),
+            )
         limited = {
             (key_id, account_id, hour)
             for (key_id, account_id, _, hour), (_, _, rate_limited) in batch.counts.items()
-            if rate_limited and key_id in existing
+            if rate_limited
         }
         for event in self._rate_limited_events(await self._rate_limited(session, limited)):
             batch.events.setdefault(event.dedupe_key, event)
         if batch.events:
             await self._write_events(session, batch.events.values())
-
-    @staticmethod
-    async def _touch(session: AsyncSession, last_used: list[tuple[uuid.UUID, datetime]]) -> None:
-        # One statement per thousand keys (a CASE works alike on both backends), never moving
-        # last_used_at backwards, and not touching updated_at: using a key is no change to it.
-        for start in range(0, len(last_used), ROWS_PER_STATEMENT):
-            chunk = dict(last_used[start : start + ROWS_PER_STATEMENT])
-            at = case(
-                *(
-                    (ApiKey.id == key_id, literal(moment, UTCDateTime()))
-                    for key_id, moment in chunk.items()
-                )
-            )
-            await session.execute(
-                update(ApiKey)
-                .where(ApiKey.id.in_(chunk))
-                .where(ApiKey.last_used_at.is_(None) | (ApiKey.last_used_at < at))
-                .values(last_used_at=at, updated_at=ApiKey.updated_at)
-                .execution_options(synchronize_session=False)
-            )
 
     async def _rate_limited(
         self, session: AsyncSession, limited: set[tuple[uuid.UUID, uuid.UUID, datetime]]
@@ -303,6 +278,69 @@ class UsageRecorder:
             await self._task
             self._task = None
         await self.flush()
+
+
+_COUNT_COLUMNS = {
+    "key_id": Uuid,
+    "account_id": Uuid,
+    "endpoint": String,
+    "hour": UTCDateTime,
+    "allowed": BigInteger,
+    "refused": BigInteger,
+    "rate_limited": BigInteger,
+}
+
+
+def _counts(dialect: str) -> JsonRows:
+    return JsonRows(dialect, _COUNT_COLUMNS, name="counted", param="counts")
+
+
+def _touches(dialect: str) -> JsonRows:
+    return JsonRows(dialect, {"key_id": Uuid, "at": UTCDateTime}, name="used", param="used")
+
+
+@functools.cache
+def _count_statement(dialect: str) -> Any:
+    """One multi-row upsert of counters, whatever their number: the rows travel as one JSON
+    parameter. A key deleted since it was counted has no counters to keep."""
+    counted = _counts(dialect).table()
+    table = typing.cast(Table, UsageCounter.__table__)
+    rows = (
+        select(*counted.c)
+        .where(counted.c.key_id.in_(select(ApiKey.id)))
+        .order_by(counted.c.key_id, counted.c.endpoint, counted.c.hour)
+    )
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(table).from_select(list(_COUNT_COLUMNS), rows)
+    return statement.on_conflict_do_update(
+        index_elements=["key_id", "endpoint", "hour"],
+        set_={
+            "allowed": table.c.allowed + statement.excluded.allowed,
+            "refused": table.c.refused + statement.excluded.refused,
+            "rate_limited": table.c.rate_limited + statement.excluded.rate_limited,
+        },
+    )
+
+
+@functools.cache
+def _touch_statement(dialect: str) -> Any:
+    """``last_used_at`` of many keys in one statement, never moving it backwards, and not
+    touching ``updated_at``: using a key is no change to it. Rows are locked in key order."""
+    used = _touches(dialect).table()
+    keys = typing.cast(Table, ApiKey.__table__)
+    locked = (
+        select(keys.c.id, used.c.at)
+        .join_from(keys, used, keys.c.id == used.c.key_id)
+        .where(keys.c.last_used_at.is_(None) | (keys.c.last_used_at < used.c.at))
+        .order_by(keys.c.id)
+        .with_for_update(of=keys, key_share=True)
+        .cte("touched")
+    )
+    return (
+        update(keys)
+        .where(keys.c.id == locked.c.id)
+        .values(last_used_at=locked.c.at, updated_at=keys.c.updated_at)
+    )
 
 
 def quota_events(

@@ -1,0 +1,139 @@
+"""Leases for many keys: long leases for keys used now and then, one statement for many keys."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from factories import create_tenant
+from keyservice.config import Settings
+from keyservice.db import create_engine, create_sessionmaker
+from keyservice.keys.service import new_key
+from keyservice.models import KeyKind
+from keyservice.ratelimit.limiter import Limiter
+from keyservice.ratelimit.policy import LONG_LEASE_SECONDS, Limits, RatePolicy
+from keyservice.security import Environment
+
+LIMITS = Limits(rate=RatePolicy(limit=1000, period_seconds=1, burst=1000), monthly_quota=None)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _keys(session: AsyncSession, count: int) -> list[uuid.UUID]:
+    tenant = await create_tenant(session)
+    keys = [
+        new_key(
+            prefix="ks",
+            kind=KeyKind.personal,
+            name=f"Key {number}",
+            environment=Environment.live,
+            scopes=[],
+            expires_at=None,
+            user_id=tenant.owner.id,
+        )[0]
+        for number in range(count)
+    ]
+    session.add_all(keys)
+    await session.commit()
+    return [key.id for key in keys]
+
+
+async def test_a_key_used_now_and_then_takes_one_lease_for_many_requests(
+    sessionmaker: async_sessionmaker[AsyncSession], session: AsyncSession
+) -> None:
+    [key_id] = await _keys(session, 1)
+    clock = FakeClock()
+    limiter = Limiter(sessionmaker, clock=clock)
+    for _ in range(20):
+        assert (await limiter.check(key_id, LIMITS)).allowed
+        clock.now += 1.0  # far longer than a short lease lives
+    assert limiter.leases_taken == 1
+
+
+async def test_a_long_lease_keeps_most_of_the_burst_free_for_other_instances(
+    sessionmaker: async_sessionmaker[AsyncSession], session: AsyncSession
+) -> None:
+    [key_id] = await _keys(session, 1)
+    limits = Limits(rate=RatePolicy(limit=1, period_seconds=60, burst=64), monthly_quota=None)
+    assert (await Limiter(sessionmaker).check(key_id, limits)).allowed  # a long lease of 4
+    other = Limiter(sessionmaker)
+    admitted = 0
+    while (await other.check(key_id, limits)).allowed:
+        admitted += 1
+    assert admitted == 64 - 4
+
+
+async def test_a_key_in_steady_use_leases_again_soon_after_a_long_lease(
+    sessionmaker: async_sessionmaker[AsyncSession], session: AsyncSession
+) -> None:
+    """Once a key's long lease is spent, its leases are short: they expire within a fraction of a
+    second, not LONG_LEASE_SECONDS, and tie up little of the bucket for long."""
+    [key_id] = await _keys(session, 1)
+    clock = FakeClock()
+    limiter = Limiter(sessionmaker, clock=clock)
+    for _ in range(1000 // 16 + 1):  # the long lease, and one more request
+        assert (await limiter.check(key_id, LIMITS)).allowed
+    leases = limiter.leases_taken
+    assert leases == 2
+    clock.now += 1.0
+    assert (await limiter.check(key_id, LIMITS)).allowed
+    assert limiter.leases_taken == leases + 1
+    assert LONG_LEASE_SECONDS > 1.0
+
+
+async def test_leases_for_many_keys_go_together(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    session: AsyncSession,
+    sql_statements: list[str],
+) -> None:
+    keys = await _keys(session, 60)
+    limiter = Limiter(sessionmaker)
+    sql_statements.clear()
+    decisions = await asyncio.gather(*(limiter.check(key_id, LIMITS) for key_id in keys))
+    assert all(decision.allowed for decision in decisions)
+    assert limiter.leases_taken == 60
+    bucket_statements = [s for s in sql_statements if "rate_buckets" in s]
+    # The first batch is the first key alone; the rest wait for it and go in one more. Each
+    # creates its keys' buckets: the lease, the buckets, the lease again.
+    assert len(bucket_statements) <= 2 * 3
+
+
+async def test_instances_leasing_the_same_keys_in_any_order_do_not_deadlock(
+    postgres_url: str, settings: Settings
+) -> None:
+    instances = 4
+    engines = [create_engine(settings, postgres_url) for _ in range(instances)]
+    try:
+        async with create_sessionmaker(engines[0])() as session:
+            keys = await _keys(session, 400)
+        clocks = [FakeClock() for _ in range(instances)]
+        limiters = [
+            Limiter(create_sessionmaker(engine), clock=clock)
+            for engine, clock in zip(engines, clocks, strict=True)
+        ]
+        for round_ in range(6):
+            for clock in clocks:
+                clock.now += LONG_LEASE_SECONDS + 1  # every lease has expired: lease again
+            orders = [keys[i * 37 + round_ :] + keys[: i * 37 + round_] for i in range(instances)]
+            orders = [order if i % 2 else order[::-1] for i, order in enumerate(orders)]
+            # A deadlock would raise here (the local clocks run ahead of the database's, so
+            # later rounds may well be refused: the leases still count in the bucket).
+            await asyncio.gather(
+                *(
+                    limiter.check(key_id, LIMITS)
+                    for limiter, order in zip(limiters, orders, strict=True)
+                    for key_id in order
+                )
+            )
+        assert sum(limiter.lease_batches for limiter in limiters) < 6 * instances * 400 / 4
+    finally:
+        for engine in engines:
+            await engine.dispose()
