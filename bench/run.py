@@ -78,8 +78,8 @@ ACCURACY_RATE_LIMIT = {"limit": 200, "period_seconds": 1, "burst": 50}
 ACCURACY_INSTANCES = 2
 # The spread keys' warm-up goes on until every key is cached, for at most this many times the
 # measured phase's duration.
-SPREAD_WARMUP_FACTOR = 2
-# In runs of at most this many seconds, each starting from the first key not verified yet.
+SPREAD_WARMUP_FACTOR = 3
+# In runs of at most this many seconds, each from the first key.
 SPREAD_WARMUP_RUN = 5
 
 TRIVIAL = Target("GET", "/healthz")
@@ -240,12 +240,14 @@ def run_phase(server: Server, generator: LoadGenerator, phase: Phase) -> PhaseRe
 def warm_spread(
     server: Server, generator: LoadGenerator, target: Target, *, budget: float
 ) -> tuple[list[PhaseResult], int]:
-    """Warm-up runs over the spread keys, each starting from the first key not verified yet,
-    until every key is cached (with its bucket) or ``budget`` seconds are spent: the results and
-    how many keys, from the first, are warm.
+    """Warm-up runs over the spread keys, each from the first key, until every key is cached
+    (with its bucket) or ``budget`` seconds are spent: the results and how many keys, from the
+    first, are warm.
 
     A key's first verification costs a lookup and creates its bucket row; the measured run, which
-    starts again from the first key, should find its keys warm. When the server verifies too few
+    starts again from the first key, should find its keys warm, as keys in steady use are. Each
+    run goes over the keys warmed already before it reaches new ones, as such keys' traffic would:
+    their leases are as fresh as in steady use, not expired. When the server verifies too few
     keys a second for all of them to be warmed in the budget, the measured run goes no further
     than the warm-up did, as long as it is not much faster; its lookups (SQL other than leases and
     usage flushes) show whether it did."""
@@ -254,9 +256,8 @@ def warm_spread(
     warm, spent = 0, 0.0
     results: list[PhaseResult] = []
     while warm < total and spent < budget:
-        rest = Target(target.method, target.path, target.bodies[warm:])
         seconds = max(1, min(SPREAD_WARMUP_RUN, math.ceil(budget - spent)))
-        warmup = Phase(warmup_name(SPREAD_PHASE), rest, seconds, measured=False)
+        warmup = Phase(warmup_name(SPREAD_PHASE), target, seconds, measured=False)
         result = run_phase(server, generator, warmup)
         results.append(result)
         spent += result.load.seconds
@@ -388,7 +389,8 @@ def observations(summaries: dict[str, RouteSummary], accuracy: AccuracyResult) -
     spread_leases = _per_1000(spread, spread.counters.leases_taken)
     spread_cpu, hot_cpu = spread.server_cpu_us_per_request, hot.server_cpu_us_per_request
     line = (
-        f"{SPREAD_PHASE}: {per_1000(spread_leases)} leases and "
+        f"{SPREAD_PHASE}: {per_1000(spread_leases)} leases (taken together, in "
+        f"{per_1000(_per_1000(spread, spread.counters.sql_lease))} statements) and "
         f"{per_1000(_per_1000(spread, spread.counters.checkouts))} connection checkouts per 1000 "
         "verifications"
     )
@@ -398,7 +400,9 @@ def observations(summaries: dict[str, RouteSummary], accuracy: AccuracyResult) -
             "for the hot key"
         )
     if spread_leases >= MOSTLY * 1000:
-        line += ": a key verified less often than its lease lives takes a lease each time"
+        line += (
+            ": nearly every verification took a lease (its key idle for longer than a lease lives)"
+        )
     lines.append(line + ".")
     load = accuracy.load
     refused = load.codes.get("RATE_LIMITED", 0)
@@ -464,8 +468,9 @@ def setup_lines(
         "listener and the usage flusher (every second), plus statement and verification counters",
         f"CPUs: {pinning} (the accuracy run's two instances share the server's)",
         f"Phases: {args.warmup} s warm-up of each route (the {len(plan.spread.bodies):,} keys: "
-        f"until all are cached, for at most {SPREAD_WARMUP_FACTOR * args.seconds} s), then "
-        f"{measured}: {args.seconds} s each, {args.connections} connections",
+        f"right before their measured run, until all are cached, for at most "
+        f"{SPREAD_WARMUP_FACTOR * args.seconds} s), then {measured}: {args.seconds} s each, "
+        f"{args.connections} connections",
         'Trivial route: `GET /healthz`, a constant pydantic model (`{"status":"ok"}`)',
         f"Plain key: `POST /v1/verify` with `{verify_body('ks_live_…')}`: an application's key "
         "without rate limit, valid for the scope, already cached (verified once before the load); "
@@ -537,14 +542,18 @@ def main(argv: list[str] | None = None) -> int:
                     if phase.target.bodies:
                         check_verifies(server, phase.target.bodies[0])
                 results = [run_phase(server, generator, phase) for phase in phases.warmups]
-                warmups, warm = warm_spread(
-                    server,
-                    generator,
-                    phases.spread,
-                    budget=SPREAD_WARMUP_FACTOR * args.seconds,
-                )
-                results += warmups
-                results += [run_phase(server, generator, phase) for phase in phases.measured]
+                warm = 0
+                for phase in phases.measured:
+                    if phase.name == SPREAD_PHASE:
+                        # Right before the measured run: its keys in steady use, not idle.
+                        warmups, warm = warm_spread(
+                            server,
+                            generator,
+                            phases.spread,
+                            budget=SPREAD_WARMUP_FACTOR * args.seconds,
+                        )
+                        results += warmups
+                    results.append(run_phase(server, generator, phase))
                 accuracy = run_accuracy(
                     server,
                     url,

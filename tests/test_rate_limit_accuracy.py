@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -114,8 +115,9 @@ async def test_a_crashed_instances_lease_never_lets_more_through(
     assert _worst_interval(admitted, burst, rate) <= 0
 
 
+@pytest.mark.parametrize("long", [True, False], ids=["long lease", "short lease"])
 async def test_tokens_spent_late_from_a_lease_are_not_granted_twice(
-    sessionmaker: async_sessionmaker[AsyncSession], session: AsyncSession
+    sessionmaker: async_sessionmaker[AsyncSession], session: AsyncSession, long: bool
 ) -> None:
     """The case the lease accounting exists for: an instance leases a batch, the bucket refills
     to full, and only then does the instance spend the rest of its batch while another instance
@@ -128,13 +130,21 @@ async def test_tokens_spent_late_from_a_lease_are_not_granted_twice(
     limits = Limits(rate=RatePolicy(limit=200, period_seconds=1, burst=100), monthly_quota=None)
     first, second = Limiter(sessionmaker), Limiter(sessionmaker)
 
-    assert (await first.check(key_id, limits)).allowed  # leases a batch of 10, keeps 9
-    await asyncio.sleep(0.06)  # the bucket refills the 10 (and would go beyond, but for its cap)
+    # A key first seen takes a long lease (100 // 16 = 6 tokens, 5 kept); once that is spent,
+    # short ones (a twentieth of a second: 10 tokens, 9 kept).
+    kept = 5
+    if not long:
+        for _ in range(6):
+            assert (await first.check(key_id, limits)).allowed
+        kept = 9
+    assert (await first.check(key_id, limits)).allowed
+    await asyncio.sleep(0.06)  # the bucket refills (and would go beyond, but for its cap)
     started = time.monotonic()
-    late = sum([(await first.check(key_id, limits)).allowed for _ in range(9)])
+    leases = first.leases_taken
+    late = sum([(await first.check(key_id, limits)).allowed for _ in range(kept)])
     drained = 0
     while (await second.check(key_id, limits)).allowed:
         drained += 1
     elapsed = time.monotonic() - started
-    assert late == 9  # served from the lease, without asking the bucket
+    assert (late, first.leases_taken) == (kept, leases)  # served from the lease, not the bucket
     assert late + drained <= 100 + 200 * elapsed
