@@ -10,9 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from factories import create_tenant
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
+from keyservice.errors import UnknownKey
 from keyservice.keys.service import new_key
 from keyservice.models import KeyKind
-from keyservice.ratelimit.limiter import Limiter
+from keyservice.ratelimit.limiter import Decision, Limiter
 from keyservice.ratelimit.policy import LONG_LEASE_SECONDS, Limits, RatePolicy
 from keyservice.security import Environment
 
@@ -137,3 +138,18 @@ async def test_instances_leasing_the_same_keys_in_any_order_do_not_deadlock(
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_a_key_deleted_while_it_is_verified_is_unknown_and_spares_the_batch(
+    sessionmaker: async_sessionmaker[AsyncSession], session: AsyncSession
+) -> None:
+    """A key gone between its lookup and its lease: no bucket is created for it (its row is
+    gone), it answers NOT_FOUND, and the keys leased in the same statement are not held up."""
+    [key_id] = await _keys(session, 1)
+    limiter = Limiter(sessionmaker)
+    gone, kept = await asyncio.gather(
+        limiter.check(uuid.uuid4(), LIMITS), limiter.check(key_id, LIMITS), return_exceptions=True
+    )
+    assert isinstance(gone, UnknownKey)
+    assert isinstance(kept, Decision)
+    assert kept.allowed

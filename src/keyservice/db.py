@@ -68,9 +68,12 @@ def create_engine(
 
 def upsert(session: AsyncSession, table: Any) -> Any:
     """``INSERT ... ON CONFLICT`` for the session's backend (both dialects share the API)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+    return dialect_upsert(session.get_bind().dialect.name, table)
+
+
+def dialect_upsert(dialect: str, table: Any) -> Any:
+    """``INSERT ... ON CONFLICT`` for a backend by name, for statements built once per backend."""
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
 
 
 class JsonRows:

@@ -47,10 +47,9 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyservice.db import JsonRows
+from keyservice.db import JsonRows, dialect_upsert
 from keyservice.models import ApiKey, RateBucket
 
 UNLIMITED = 2**62
@@ -138,6 +137,7 @@ class _Dialect:
     """The database's notion of now and of the current UTC month, and the batch as rows."""
 
     def __init__(self, name: str) -> None:
+        self.name = name
         self.postgres = name == "postgresql"
 
     def now(self) -> ColumnElement[float]:
@@ -160,11 +160,10 @@ class _Dialect:
 
     def requests(self) -> FromClause:
         """The ``batch`` parameter, ``LeaseRequest.row()`` for each request, as rows."""
-        return _requests(self.postgres).table()
+        return _requests(self.name).table()
 
 
-def _requests(postgres: bool) -> JsonRows:
-    dialect = "postgresql" if postgres else "sqlite"
+def _requests(dialect: str) -> JsonRows:
     return JsonRows(dialect, _REQUEST_COLUMNS, name="request", param="batch")
 
 
@@ -286,53 +285,37 @@ def _create_statement(name: str) -> Insert:
     """Full buckets for the requested keys that have none yet (and still exist), in key order."""
     dialect = _Dialect(name)
     request = dialect.requests()
+    full = {
+        "key_id": request.c.key_id,
+        "tokens": request.c.burst,
+        "refilled_epoch": dialect.now(),
+        "window": literal(0),
+        "window_ms": request.c.short_ms,
+        "leased_previous": literal(0.0),
+        "leased_current": literal(0.0),
+        "long_window": literal(0),
+        "long_window_ms": request.c.long_ms,
+        "long_leased_previous": literal(0.0),
+        "long_leased_current": literal(0.0),
+        "last_take": literal(0.0),
+        "quota_month": dialect.month(),
+        "quota_used": literal(0),
+    }
     rows = (
-        select(
-            request.c.key_id,
-            request.c.burst,
-            dialect.now(),
-            literal(0),
-            request.c.short_ms,
-            literal(0.0),
-            literal(0.0),
-            literal(0),
-            request.c.long_ms,
-            literal(0.0),
-            literal(0.0),
-            literal(0.0),
-            dialect.month(),
-            literal(0),
-        )
+        select(*full.values())
         .where(request.c.key_id.in_(select(ApiKey.id)))
         # SQLite needs a WHERE here to read ON CONFLICT as the upsert's.
         .where(true())
         .order_by(request.c.key_id)
     )
-    names = [
-        "key_id",
-        "tokens",
-        "refilled_epoch",
-        "window",
-        "window_ms",
-        "leased_previous",
-        "leased_current",
-        "long_window",
-        "long_window_ms",
-        "long_leased_previous",
-        "long_leased_current",
-        "last_take",
-        "quota_month",
-        "quota_used",
-    ]
-    insert = postgresql.insert if dialect.postgres else sqlite.insert
-    statement = insert(_table).from_select(names, rows)
-    return statement.on_conflict_do_nothing(index_elements=[_c.key_id])
+    statement = dialect_upsert(name, _table).from_select(list(full), rows)
+    return typing.cast(Insert, statement.on_conflict_do_nothing(index_elements=[_c.key_id]))
 
 
 async def _run(
     session: AsyncSession, name: str, requests: Sequence[LeaseRequest]
 ) -> dict[uuid.UUID, LeaseResult]:
-    batch = _requests(name == "postgresql").bind(request.row() for request in requests)
+    batch = _requests(name).bind(request.row() for request in requests)
     rows = await session.execute(_lease_statement(name), batch)
     return {
         row.key_id: LeaseResult(
@@ -362,7 +345,7 @@ async def lease(
     statement could not see (created meanwhile by another instance, or never) is leased in a
     second transaction; a key deleted meanwhile gets no result."""
     name = session.get_bind().dialect.name
-    rows = _requests(name == "postgresql")
+    rows = _requests(name)
     new = [request for request in requests if request.create]
     if new:
         await session.execute(_create_statement(name), rows.bind(r.row() for r in new))

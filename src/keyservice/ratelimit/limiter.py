@@ -144,14 +144,14 @@ class Limiter:
         rate = limits.rate
         if rate is not None:
             long_want = rate.long_lease_size(cost) if cold else None
-            want = rate.lease_size(cost) if long_want is None else long_want
+            long = long_want is not None
+            want = long_want if long_want is not None else rate.lease_size(cost)
             short_seconds = rate.lease_seconds
             burst, per_second = float(rate.burst), rate.rate
         else:
-            long_want = want = max(cost, QUOTA_LEASE_SIZE)
+            long, want = cold, max(cost, QUOTA_LEASE_SIZE)
             short_seconds = QUOTA_LEASE_SECONDS
             burst = per_second = float(buckets.UNLIMITED)
-        long = long_want is not None and cold
         window_ms = max(1, int(short_seconds * 1000))
         long_window_ms = int(LONG_LEASE_SECONDS * 1000)
         # The lease lives no longer than the bucket's window that accounts for it.

@@ -11,7 +11,7 @@ from keyservice.config import Settings
 MAX_LEASE_SECONDS = 0.2
 LEASE_SHARE_SECONDS = 0.05
 # A key an instance sees less often than its short leases live takes long ones: this long, of this
-# share of the burst (and only if that is worth more than a short one).
+# share of the burst (and only if that is more than the request's own cost).
 LONG_LEASE_SECONDS = 30.0
 LONG_LEASE_SHARE = 16
 

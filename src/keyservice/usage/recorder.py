@@ -25,10 +25,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, String, Table, Uuid, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from keyservice.db import JsonRows, upsert
+from keyservice.db import JsonRows, dialect_upsert, upsert
 from keyservice.models import ApiKey, Event, UsageCounter, utcnow
 from keyservice.models.base import UTCDateTime
 
@@ -310,8 +309,7 @@ def _count_statement(dialect: str) -> Any:
         .where(counted.c.key_id.in_(select(ApiKey.id)))
         .order_by(counted.c.key_id, counted.c.endpoint, counted.c.hour)
     )
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(table).from_select(list(_COUNT_COLUMNS), rows)
+    statement = dialect_upsert(dialect, table).from_select(list(_COUNT_COLUMNS), rows)
     return statement.on_conflict_do_update(
         index_elements=["key_id", "endpoint", "hour"],
         set_={
