@@ -26,7 +26,7 @@ from keyservice.errors import (
 )
 from keyservice.models import utcnow
 from keyservice.ratelimit.limiter import Decision, Limiter, Refusal, rate_limit_headers
-from keyservice.security import KeyFormatError, parse_key
+from keyservice.security import MAX_KEY_LENGTH, KeyFormatError, hash_key, parse_key
 from keyservice.usage.recorder import UsageRecorder, quota_events
 from keyservice.verification import service
 from keyservice.verification.cache import KeyCache
@@ -171,15 +171,22 @@ class Verifier:
                 "Send the key as 'Authorization: Bearer <key>', 'Authorization: <key>' "
                 "or 'x-api-key'"
             )
-        try:
-            parsed = parse_key(key, self.settings.key_prefix)
-        except KeyFormatError as exc:
-            self._failed(client_address)
-            raise MalformedKey(f"The API key is malformed ({exc})") from None
-        record = await self.record(parsed.hash)
+        # A cached key passed the format check when it was looked up: a cache hit costs the
+        # hash alone (the length is checked first, so that no long string is hashed).
+        record = None
+        if len(key) <= MAX_KEY_LENGTH:
+            key_hash = hash_key(key)
+            record = self.cache.get(key_hash)
+        if record is None:
+            try:
+                key_hash = parse_key(key, self.settings.key_prefix).hash
+            except KeyFormatError as exc:
+                self._failed(client_address)
+                raise MalformedKey(f"The API key is malformed ({exc})") from None
+            record = await self.record(key_hash)
         if record is None:
             self._failed(client_address)
             raise UnknownKey()
         if confined_to is not None and confined_to not in (record.account_id, *record.roles):
             raise UnknownKey()
-        return record, service.authenticate(record, parsed.hash, self.clock())
+        return record, service.authenticate(record, key_hash, self.clock())
