@@ -81,19 +81,20 @@ class LeaseRequest:
     returned: int = 0
     create: bool = False
 
-    def row(self) -> dict[str, Any]:
-        return {
-            "key_id": self.key_id,
-            "cost": self.cost,
-            "want": self.want,
-            "burst": float(self.burst),
-            "rate": float(self.rate),
-            "short_ms": self.window_ms,
-            "long_ms": self.long_window_ms,
-            "is_long": int(self.long),
-            "quota": self.quota if self.quota is not None else UNLIMITED,
-            "returned": self.returned,
-        }
+    def row(self) -> tuple[Any, ...]:
+        """The request as a row of ``_REQUEST_COLUMNS``."""
+        return (
+            self.key_id,
+            self.cost,
+            self.want,
+            float(self.burst),
+            float(self.rate),
+            self.window_ms,
+            self.long_window_ms,
+            int(self.long),
+            self.quota if self.quota is not None else UNLIMITED,
+            self.returned,
+        )
 
 
 @dataclass(frozen=True, slots=True)

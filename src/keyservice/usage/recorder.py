@@ -2,9 +2,9 @@
 
 Each verification of a known key adds one to a counter per (key, account, endpoint, hour), allowed
 and refused apart. Every ``usage_flush_seconds`` (and when the app shuts down) the counters are
-written with one multi-row ``INSERT ... ON CONFLICT DO UPDATE`` per thousand rows, in the same
-transaction as the keys' ``last_used_at`` (one ``UPDATE`` per thousand keys) and any alert events.
-The statements are fixed, whatever the number of rows (the rows travel as one JSON parameter): they
+written with one multi-row ``INSERT ... ON CONFLICT DO UPDATE`` per ten thousand rows, in the same
+transaction as the keys' ``last_used_at`` (one ``UPDATE`` per ten thousand keys) and any alert
+events. The statements are fixed, whatever the number of rows (``keyservice.db.JsonRows``): they
 are compiled once, not per flush, which would hold up every request for as long. A failed flush
 keeps its counts for the next one. A crash loses at most what was counted since the last flush.
 """
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 OTHER = "other"
 UNSPECIFIED = "unspecified"
 MAX_ENDPOINT_LENGTH = 200
-ROWS_PER_STATEMENT = 1000
+ROWS_PER_STATEMENT = 10_000
 
 _ID_SEGMENT = re.compile(
     r"^(\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -155,33 +155,20 @@ class UsageRecorder:
 
     async def _write(self, session: AsyncSession, batch: _Batch) -> None:
         name = session.get_bind().dialect.name
-        # Rows in one order on every instance, so that concurrent flushes cannot deadlock.
-        counts = sorted(
-            batch.counts.items(), key=lambda item: (item[0][0].hex, item[0][2], item[0][3])
-        )
+        counts: list[tuple[Any, ...]] = [(*c, *n) for c, n in batch.counts.items()]
+        if len(counts) > ROWS_PER_STATEMENT:
+            # Each statement locks its rows in key order; across statements, so must the chunks
+            # be, so that concurrent flushes cannot deadlock. (UUIDs order as their integers.)
+            counts.sort(key=lambda row: (row[0].int, row[2], row[3]))
         for start in range(0, len(counts), ROWS_PER_STATEMENT):
-            rows = (
-                {
-                    "key_id": key_id,
-                    "account_id": account_id,
-                    "endpoint": endpoint,
-                    "hour": hour,
-                    "allowed": allowed,
-                    "refused": refused,
-                    "rate_limited": rate_limited,
-                }
-                for (key_id, account_id, endpoint, hour), (allowed, refused, rate_limited) in (
-                    counts[start : start + ROWS_PER_STATEMENT]
-                )
-            )
-            await session.execute(_count_statement(name), _counts(name).bind(rows))
-        last_used = sorted(batch.last_used.items(), key=lambda item: item[0].hex)
-        for start in range(0, len(last_used), ROWS_PER_STATEMENT):
-            chunk = last_used[start : start + ROWS_PER_STATEMENT]
-            await session.execute(
-                _touch_statement(name),
-                _touches(name).bind({"key_id": key_id, "at": at} for key_id, at in chunk),
-            )
+            chunk = counts[start : start + ROWS_PER_STATEMENT]
+            await session.execute(_count_statement(name), _counts(name).bind(chunk))
+        touches = list(batch.last_used.items())
+        if len(touches) > ROWS_PER_STATEMENT:
+            touches.sort(key=lambda row: row[0].int)
+        for start in range(0, len(touches), ROWS_PER_STATEMENT):
+            keys = touches[start : start + ROWS_PER_STATEMENT]
+            await session.execute(_touch_statement(name), _touches(name).bind(keys))
         limited = {
             (key_id, account_id, hour)
             for (key_id, account_id, _, hour), (_, _, rate_limited) in batch.counts.items()
