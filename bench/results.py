@@ -61,6 +61,9 @@ class Counters:
     # Refused for any other reason.
     refused: int
     leases_taken: int
+    # The garbage collector's pauses (all generations), and its full collections among them.
+    gc_pause_us: int
+    gc_full_collections: int
 
     def __sub__(self, other: Counters) -> Counters:
         return Counters(

@@ -404,6 +404,15 @@ def observations(summaries: dict[str, RouteSummary], accuracy: AccuracyResult) -
             ": nearly every verification took a lease (its key idle for longer than a lease lives)"
         )
     lines.append(line + ".")
+    lines.append(
+        "Garbage collection: "
+        + "; ".join(
+            f"{name}, {summary.counters.gc_pause_us / 1000:,.0f} ms of pauses "
+            f"({summary.counters.gc_full_collections} full collections)"
+            for name, summary in ((HOT_PHASE, hot), (SPREAD_PHASE, spread))
+        )
+        + "."
+    )
     load = accuracy.load
     refused = load.codes.get("RATE_LIMITED", 0)
     if load.requests and refused:

@@ -10,6 +10,9 @@ shutdown, exactly as in production. It differs from a production instance only i
   listened for on the ``Engine`` class, since the app's engine is created inside its lifespan),
   with those of the usage flusher's task and those on the rate-limit buckets (leases) apart; and
   every connection checkout from a pool (each costs a pre-ping round trip, not a statement);
+- garbage collection: the collector's pauses, all generations together, and how many were full
+  (oldest generation) collections, which traverse every object the process keeps, its cached
+  keys among them;
 - verifications: admitted, refused by the rate limiter or quota, refused for another reason, so
   that a run whose key stopped verifying is not reported as a fast one (``POST /v1/verify``
   answers 200 either way). The lifespan creates the verifier, so it is not replaced: once the
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -57,6 +62,18 @@ class Counts:
         self.verified = 0
         self.rate_limited = 0
         self.refused = 0
+        self.gc_pause_us = 0
+        self.gc_full_collections = 0
+        self._gc_started = 0.0
+
+    def collection(self, phase: str, info: dict[str, int]) -> None:
+        """A ``gc.callbacks`` entry: called at the start and the stop of every collection."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        self.gc_pause_us += round((time.perf_counter() - self._gc_started) * 1e6)
+        if info["generation"] == len(gc.get_threshold()) - 1:
+            self.gc_full_collections += 1
 
     def statement(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         self.sql_statements += 1
@@ -101,6 +118,8 @@ def _listen_once() -> None:
         event.listen(Engine, "before_cursor_execute", COUNTS.statement)
     if not event.contains(Pool, "checkout", COUNTS.checkout):
         event.listen(Pool, "checkout", COUNTS.checkout)
+    if COUNTS.collection not in gc.callbacks:
+        gc.callbacks.append(COUNTS.collection)
 
 
 def create() -> FastAPI:
@@ -130,6 +149,8 @@ def create() -> FastAPI:
             "verified": COUNTS.verified,
             "rate_limited": COUNTS.rate_limited,
             "refused": COUNTS.refused,
+            "gc_pause_us": COUNTS.gc_pause_us,
+            "gc_full_collections": COUNTS.gc_full_collections,
             "leases_taken": verifier.limiter.leases_taken if verifier is not None else 0,
             "cache_entries": len(app.state.key_cache),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
 import httpx
@@ -15,7 +16,7 @@ from factories import Tenant, create_application, create_key, create_tenant
 from keyservice import migrate
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
-from keyservice.main import create_app
+from keyservice.main import GC_YOUNG_THRESHOLD, create_app
 
 
 @pytest.fixture
@@ -84,3 +85,19 @@ def test_errors_never_log_sql_parameters(settings: Settings) -> None:
     for url in ("sqlite+aiosqlite:///:memory:", "postgresql+asyncpg://u@127.0.0.1/db"):
         engine: AsyncEngine = create_engine(settings, url)
         assert engine.sync_engine.hide_parameters
+
+
+async def test_serving_collects_garbage_less_often_and_undoes_it_at_shutdown(
+    fresh_database_url: str, settings: Settings
+) -> None:
+    """Full collections traverse every object the process keeps: while serving, what startup
+    built is out of their reach and they come rarely; a process that goes on (tests, an embedding
+    app) gets its collector back as it was."""
+    await migrate.upgrade(settings, fresh_database_url)
+    threshold = gc.get_threshold()
+    app = create_app(settings.model_copy(update={"database_url": fresh_database_url}))
+    async with app.router.lifespan_context(app):
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == threshold
+    assert gc.get_freeze_count() == 0

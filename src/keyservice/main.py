@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import gc
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,6 +44,29 @@ and admins manage, members read.
 
 **Errors** are RFC 9457 `application/problem+json` objects whose `type` is stable per error.
 """
+
+
+# Allocations between two collections of the youngest generation (CPython's default is 700).
+# Objects of requests in flight, and a usage flush's rows, outlive a collection that comes every
+# few requests and are promoted to the oldest generation; its full collections then come every few
+# seconds, each a pause of a hundred milliseconds and more with 10,000 keys cached. Collecting every
+# 50,000 allocations lets such objects die young, as they are.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+@contextmanager
+def tuned_gc() -> Iterator[None]:
+    """While serving: what the app built at startup (modules, models, schemas) is moved out of the
+    garbage collector's reach (``gc.freeze``), and the youngest generation is collected less
+    often. Both are undone at shutdown."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 class BodySizeLimit:
@@ -107,7 +131,8 @@ def create_app(
             if listener is not None:
                 await listener.start()
             await verifier.usage.start(settings.usage_flush_seconds)
-            yield
+            with tuned_gc():
+                yield
         finally:
             # Graceful shutdown: what was counted since the last flush is written now.
             await verifier.usage.stop()
