@@ -26,11 +26,10 @@ from keyservice.errors import (
 )
 from keyservice.verification.dependency import client_address
 from keyservice.verification.router import answer
-from keyservice.verification.schemas import VerifyRequest, VerifyResponse
+from keyservice.verification.schemas import VerifyRequest
 from keyservice.verification.verifier import Verifier
 
 PATH = "/v1/verify"
-_serialize = VerifyResponse.__pydantic_serializer__.to_json
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -106,6 +105,4 @@ class VerifyFastPath:
             result = await answer(verifier, body, request.headers, client_address(request))
         except KeyServiceError as exc:
             return error_response(request, exc)
-        return Response(
-            _serialize(result.body), media_type="application/json", headers=result.headers
-        )
+        return result.response()

@@ -56,6 +56,11 @@ class KeyRecord:
     roles: Mapping[uuid.UUID, Role] = field(default_factory=dict)
     account_scopes: Mapping[uuid.UUID, frozenset[str]] = field(default_factory=dict)
     limits: Limits = NO_LIMITS
+    # What /verify answers about this key, rendered once per account and secret (see
+    # ``keyservice.verification.router.valid_content``): the record never changes, nor do they.
+    views: dict[tuple[uuid.UUID, bool], bytes] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)

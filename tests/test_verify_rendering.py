@@ -1,0 +1,108 @@
+"""/verify's VALID answer is rendered from parts, the key's part kept with its record: the bytes
+must be those of the documented model, whatever the key, account, secret and limits."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from keyservice.models import KeyKind, Role
+from keyservice.ratelimit.limiter import Decision
+from keyservice.ratelimit.policy import Limits, RatePolicy
+from keyservice.security import Environment
+from keyservice.verification.router import rate_limit_state, valid_content, verified_key
+from keyservice.verification.schemas import VerifyCode, VerifyResponse
+from keyservice.verification.service import NO_LIMITS, KeyRecord, Principal
+from keyservice.verification.verifier import Verified
+
+NOW = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+
+
+def _record(**changes: object) -> KeyRecord:
+    fields: dict[str, object] = {
+        "id": uuid.uuid4(),
+        "kind": KeyKind.application,
+        "name": 'Production "integration" é',
+        "environment": Environment.live,
+        "account_id": uuid.uuid4(),
+        "application_id": uuid.uuid4(),
+        "user_id": None,
+        "scopes": frozenset({"deals:read", "contacts:read"}),
+        "key_hash": "a" * 64,
+        "expires_at": None,
+        "revoked_at": None,
+        "previous_hash": None,
+        "previous_expires_at": None,
+    }
+    return KeyRecord(**(fields | changes))  # type: ignore[arg-type]
+
+
+def _expected(verified: Verified) -> bytes:
+    return (
+        VerifyResponse(
+            valid=True,
+            code=VerifyCode.VALID,
+            key=verified_key(verified),
+            rate_limit=rate_limit_state(verified.decision) if verified.decision else None,
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+LIMITS = Limits(rate=RatePolicy(limit=100, period_seconds=60, burst=20), monthly_quota=5000)
+DECISIONS = [
+    None,
+    Decision(limits=LIMITS, remaining=19, reset_seconds=1, quota_remaining=4999,
+             quota_reset_seconds=86_400),
+    Decision(limits=Limits(rate=None, monthly_quota=10), quota_remaining=0,
+             quota_reset_seconds=3),
+    Decision(limits=Limits(rate=RatePolicy(limit=5, period_seconds=1, burst=5),
+                           monthly_quota=None), remaining=0, reset_seconds=1),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("decision", DECISIONS)
+def test_an_application_keys_answer_is_the_models(decision: Decision | None) -> None:
+    record = _record(
+        expires_at=NOW + timedelta(days=90),
+        previous_hash="b" * 64,
+        previous_expires_at=NOW + timedelta(hours=1, microseconds=5),
+        limits=decision.limits if decision else NO_LIMITS,
+    )
+    assert record.account_id is not None
+    principal = Principal(key=record, account_id=record.account_id, role=None, scopes=record.scopes)
+    for grace in (False, True, False):
+        verified = Verified(principal=principal, grace=grace, decision=decision)
+        # The first time renders the key's part, the next ones reuse it.
+        assert valid_content(verified) == _expected(verified)
+        assert valid_content(verified) == _expected(verified)
+
+
+def test_a_personal_keys_answer_is_per_account() -> None:
+    first, second = uuid.uuid4(), uuid.uuid4()
+    record = _record(
+        kind=KeyKind.personal,
+        account_id=None,
+        application_id=None,
+        user_id=uuid.uuid4(),
+        roles={first: Role.owner, second: Role.member},
+        account_scopes={
+            first: frozenset({"contacts:read", "contacts:write"}),
+            second: frozenset({"contacts:read"}),
+        },
+    )
+    answers = set()
+    for account_id, role in record.roles.items():
+        principal = Principal(
+            key=record,
+            account_id=account_id,
+            role=role,
+            scopes=record.account_scopes[account_id],
+        )
+        verified = Verified(principal=principal, grace=False)
+        answers.add(valid_content(verified))
+        assert valid_content(verified) == _expected(verified)
+    assert len(answers) == 2
