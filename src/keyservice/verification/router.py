@@ -158,7 +158,6 @@ async def answer(
 
 _serialize = VerifyResponse.__pydantic_serializer__.to_json
 _serialize_key = VerifiedKey.__pydantic_serializer__.to_json
-_serialize_rate_limit = RateLimitState.__pydantic_serializer__.to_json
 _VALID_HEAD = b'{"valid":true,"code":"VALID","detail":null,"key":'
 
 
@@ -174,8 +173,29 @@ def valid_content(verified: Verified) -> bytes:
     if key is None:
         key = views[view] = _serialize_key(verified_key(verified))
     decision = verified.decision
-    rate_limit = _serialize_rate_limit(rate_limit_state(decision)) if decision else b"null"
+    rate_limit = _rate_limit_content(decision) if decision else b"null"
     return b'%s%s,"rate_limit":%s}' % (_VALID_HEAD, key, rate_limit)
+
+
+_RATE_LIMIT_CONTENT = (
+    b'{"limit":%s,"period_seconds":%s,"burst":%s,"remaining":%s,"reset_seconds":%s,'
+    b'"retry_after":%s,"monthly_quota":%s,"quota_remaining":%s,"quota_reset_seconds":%s}'
+)
+
+
+def _rate_limit_content(decision: Decision) -> bytes:
+    """``rate_limit_state(decision)`` as JSON: whole numbers or nulls, in the model's order."""
+    rate = decision.limits.rate
+    numbers = (
+        *((rate.limit, rate.period_seconds, rate.burst) if rate else (None, None, None)),
+        decision.remaining,
+        decision.reset_seconds,
+        decision.retry_after,
+        decision.limits.monthly_quota,
+        decision.quota_remaining,
+        decision.quota_reset_seconds,
+    )
+    return _RATE_LIMIT_CONTENT % tuple(b"null" if n is None else b"%d" % n for n in numbers)
 
 
 def _refused(error: KeyServiceError, state: RateLimitState | None = None) -> VerifyResponse:
