@@ -200,7 +200,7 @@ async def test_last_used_at_follows_the_latest_use_and_never_goes_back(
     tenant = await create_tenant(session)
     key = (await session.scalars(select(ApiKey).where(ApiKey.user_id == tenant.owner.id))).one()
     moments = [
-        datetime(2026, 11, 21, 10, 30, tzinfo=UTC),
+        datetime(2026, 11, 21, 10, 30, 5, 900_000, tzinfo=UTC),
         datetime(2026, 11, 21, 10, 45, tzinfo=UTC),
         datetime(2026, 11, 21, 10, 40, tzinfo=UTC),  # another instance's older news
     ]
@@ -214,13 +214,42 @@ async def test_last_used_at_follows_the_latest_use_and_never_goes_back(
         assert await recorder.flush() == 1
         await session.refresh(key)
         seen.append(key.last_used_at)
-    assert seen == [datetime(2026, 11, 21, 10, 30, tzinfo=UTC)] + 2 * [
+    # To the second, never after the use.
+    assert seen == [datetime(2026, 11, 21, 10, 30, 5, tzinfo=UTC)] + 2 * [
         datetime(2026, 11, 21, 10, 45, tzinfo=UTC)
     ]
     counts = (
         await session.scalars(select(UsageCounter.allowed).where(UsageCounter.key_id == key.id))
     ).all()
     assert counts == [3]  # one hour, one endpoint: one row
+
+
+async def test_last_used_at_is_written_at_most_once_a_minute(
+    session: AsyncSession, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """A busy key must not cost its row an update every second: within a minute of what this
+    instance wrote, last_used_at is left as it is; its counts are written all the same."""
+    tenant = await create_tenant(session)
+    key = (await session.scalars(select(ApiKey).where(ApiKey.user_id == tenant.owner.id))).one()
+    start = datetime(2026, 11, 21, 10, 30, 5, tzinfo=UTC)
+    now = start
+    recorder = UsageRecorder(
+        sessionmaker, max_endpoints=5, rate_limited_alert_refusals=100, clock=lambda: now
+    )
+    seen = []
+    for seconds in (0, 1, 59, 60, 61, 125):
+        now = start + timedelta(seconds=seconds)
+        recorder.record(key.id, tenant.account.id, "GET /x", allowed=True)
+        assert await recorder.flush() == 1
+        await session.refresh(key)
+        seen.append(key.last_used_at)
+    assert seen == [start] * 3 + [start + timedelta(seconds=60)] * 2 + [
+        start + timedelta(seconds=125)
+    ]
+    allowed = await session.scalar(
+        select(UsageCounter.allowed).where(UsageCounter.key_id == key.id)
+    )
+    assert allowed == 6
 
 
 async def test_a_key_deleted_before_the_flush_loses_only_its_own_counts(

@@ -136,7 +136,10 @@ class KeyOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     last_rotated_at: datetime | None
-    last_used_at: datetime | None
+    last_used_at: datetime | None = Field(
+        description="When the key was last verified, to the second; written with its usage "
+        "counts at most once a minute, so it may lag by up to a minute."
+    )
     expires_at: datetime | None
     revoked_at: datetime | None
     rate_limit: RateLimit | None = Field(description="The key's own rate limit; null inherits.")

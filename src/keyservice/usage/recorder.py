@@ -3,10 +3,11 @@
 Each verification of a known key adds one to a counter per (key, account, endpoint, hour), allowed
 and refused apart. Every ``usage_flush_seconds`` (and when the app shuts down) the counters are
 written with one multi-row ``INSERT ... ON CONFLICT DO UPDATE`` per ten thousand rows, in the same
-transaction as the keys' ``last_used_at`` (one ``UPDATE`` per ten thousand keys) and any alert
-events. The statements are fixed, whatever the number of rows (``keyservice.db.JsonRows``): they
-are compiled once, not per flush, which would hold up every request for as long. A failed flush
-keeps its counts for the next one. A crash loses at most what was counted since the last flush.
+transaction as the keys' ``last_used_at`` (one ``UPDATE`` per ten thousand keys; each key's at
+most once a minute per instance) and any alert events. The statements are fixed, whatever the
+number of rows (``keyservice.db.JsonRows``): they are compiled once, not per flush, which would
+hold up every request for as long. A failed flush keeps its counts for the next one. A crash
+loses at most what was counted since the last flush.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import re
@@ -21,7 +23,7 @@ import typing
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, String, Table, Uuid, func, select, update
@@ -37,6 +39,9 @@ OTHER = "other"
 UNSPECIFIED = "unspecified"
 MAX_ENDPOINT_LENGTH = 200
 ROWS_PER_STATEMENT = 10_000
+# A key's last_used_at is written again by an instance only once it moved on by this much: a busy
+# key would otherwise cost its row an update every second. What it says lags by at most as much.
+LAST_USED_EVERY = timedelta(minutes=1)
 
 _ID_SEGMENT = re.compile(
     r"^(\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -98,6 +103,8 @@ class UsageRecorder:
         self._batch = _Batch()
         # Endpoints counted apart this hour, per key (this instance's view).
         self._endpoints: dict[tuple[uuid.UUID, datetime], set[str]] = {}
+        # The last_used_at this instance wrote per key, within LAST_USED_EVERY; oldest first.
+        self._written: dict[uuid.UUID, datetime] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -140,7 +147,7 @@ class UsageRecorder:
                 return 0
             try:
                 async with self.sessionmaker() as session, session.begin():
-                    await self._write(session, batch)
+                    written = await self._write(session, batch)
             except BaseException as exc:
                 # Keep the counts for the next flush rather than lose them, also when the flush
                 # is cancelled mid-write (shutdown): the final flush writes them.
@@ -151,9 +158,13 @@ class UsageRecorder:
                 logger.exception("usage flush failed; its counts are kept for the next one")
                 return 0
             self._prune_endpoints()
+            self._remember_written(written)
             return len(batch.counts)
 
-    async def _write(self, session: AsyncSession, batch: _Batch) -> None:
+    async def _write(
+        self, session: AsyncSession, batch: _Batch
+    ) -> list[tuple[uuid.UUID, datetime]]:
+        """Write ``batch``; return the keys whose last_used_at it wrote, and when they were used."""
         name = session.get_bind().dialect.name
         counts: list[tuple[Any, ...]] = [(*c, *n) for c, n in batch.counts.items()]
         if len(counts) > ROWS_PER_STATEMENT:
@@ -163,7 +174,14 @@ class UsageRecorder:
         for start in range(0, len(counts), ROWS_PER_STATEMENT):
             chunk = counts[start : start + ROWS_PER_STATEMENT]
             await session.execute(_count_statement(name), _counts(name).bind(chunk))
-        touches = list(batch.last_used.items())
+        written = [
+            (key_id, at)
+            for key_id, at in batch.last_used.items()
+            if key_id not in self._written or at - self._written[key_id] >= LAST_USED_EVERY
+        ]
+        # To the second (never after the use): a flush's keys then share a handful of times,
+        # each encoded once.
+        touches = [(key_id, at.replace(microsecond=0)) for key_id, at in written]
         if len(touches) > ROWS_PER_STATEMENT:
             touches.sort(key=lambda row: row[0].int)
         for start in range(0, len(touches), ROWS_PER_STATEMENT):
@@ -178,6 +196,7 @@ class UsageRecorder:
             batch.events.setdefault(event.dedupe_key, event)
         if batch.events:
             await self._write_events(session, batch.events.values())
+        return written
 
     async def _rate_limited(
         self, session: AsyncSession, limited: set[tuple[uuid.UUID, uuid.UUID, datetime]]
@@ -238,6 +257,15 @@ class UsageRecorder:
             .values(rows)
             .on_conflict_do_nothing(index_elements=["dedupe_key"])
         )
+
+    def _remember_written(self, written: list[tuple[uuid.UUID, datetime]]) -> None:
+        for key_id, at in written:
+            self._written.pop(key_id, None)  # to the end: the dict stays oldest first
+            self._written[key_id] = at
+        forgotten = self._clock() - LAST_USED_EVERY
+        old = itertools.takewhile(lambda entry: entry[1] < forgotten, self._written.items())
+        for key_id in [key_id for key_id, _ in old]:
+            del self._written[key_id]
 
     def _prune_endpoints(self) -> None:
         hour = self._clock().replace(minute=0, second=0, microsecond=0)
