@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,8 +25,7 @@ from keyservice.errors import (
     http_error_response,
     validation_response,
 )
-from keyservice.verification.dependency import client_address
-from keyservice.verification.router import answer
+from keyservice.verification.router import Answer, answer
 from keyservice.verification.schemas import VerifyRequest
 from keyservice.verification.verifier import Verifier
 
@@ -61,6 +61,18 @@ def _parse(raw: bytes) -> VerifyRequest:
         return VerifyRequest.model_validate(data)
 
 
+async def _read_body(receive: Receive) -> bytes:
+    """The request's body, as ``Request.body()`` reads it, without its stream's machinery."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 class VerifyFastPath:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -69,20 +81,26 @@ class VerifyFastPath:
         if scope["type"] != "http" or scope["method"] != "POST" or _route_path(scope) != PATH:
             await self.app(scope, receive, send)
             return
-        request = Request(scope, receive)
-        response = await self._respond(request)
-        await response(scope, receive, send)
+        result = await self._respond(scope, receive)
+        if isinstance(result, Response):
+            await result(scope, receive, send)
+            return
+        # What Response(result.content, media_type="application/json") sends, without building
+        # one.
+        await send({"type": "http.response.start", "status": 200, "headers": result.raw_headers()})
+        await send({"type": "http.response.body", "body": result.content})
 
-    async def _respond(self, request: Request) -> Response:
-        verifier: Verifier = request.app.state.verifier
+    async def _respond(self, scope: Scope, receive: Receive) -> Answer | Response:
+        verifier: Verifier = scope["app"].state.verifier
         try:
-            raw = await request.body()
+            raw = await _read_body(receive)
         except HTTPException as exc:  # the body-size limit
-            return http_error_response(request, exc)
-        if not _is_json(request.headers.get("content-type")):
+            return http_error_response(Request(scope, receive), exc)
+        headers = Headers(scope=scope)
+        if not _is_json(headers.get("content-type")):
             # What FastAPI answers when a model body is not sent as JSON.
             return validation_response(
-                request,
+                Request(scope, receive),
                 [
                     {
                         "loc": ("body",),
@@ -94,15 +112,16 @@ class VerifyFastPath:
             )
         if not raw:
             return validation_response(
-                request, [{"loc": ("body",), "msg": "Field required", "type": "missing"}]
+                Request(scope, receive),
+                [{"loc": ("body",), "msg": "Field required", "type": "missing"}],
             )
         try:
             body = _parse(raw)
         except ValidationError as exc:
             errors = [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
-            return validation_response(request, errors)
+            return validation_response(Request(scope, receive), errors)
+        client = scope.get("client")
         try:
-            result = await answer(verifier, body, request.headers, client_address(request))
+            return await answer(verifier, body, headers, client[0] if client else None)
         except KeyServiceError as exc:
-            return error_response(request, exc)
-        return result.response()
+            return error_response(Request(scope, receive), exc)

@@ -104,6 +104,17 @@ class Answer:
     def response(self) -> Response:
         return Response(self.content, media_type="application/json", headers=self.headers)
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers ``response()`` sends, encoded as ASGI sends them."""
+        return [
+            *(
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in self.headers.items()
+            ),
+            (b"content-length", b"%d" % len(self.content)),
+            (b"content-type", b"application/json"),
+        ]
+
 
 async def answer(
     verifier: Verifier, body: VerifyRequest, headers: Headers, peer: str | None
