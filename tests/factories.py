@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyservice.accounts import service as accounts_service
 from keyservice.keys import service as keys_service
 from keyservice.models import Account, KeyKind, Membership, Role, User, utcnow
-from keyservice.security import Environment
+from keyservice.security import Environment, generate_key, hash_key
+from keyservice.verification.service import KeyRecord
 
 
 @dataclass
@@ -106,3 +107,23 @@ async def create_key(
     assert response.status_code == 201, response.text
     data: dict[str, Any] = response.json()
     return data
+
+
+def key_record(**fields: object) -> KeyRecord:
+    """What verification knows of an application's key, without a database: ``fields`` override."""
+    values: dict[str, object] = {
+        "id": uuid.uuid4(),
+        "kind": KeyKind.application,
+        "name": "k",
+        "environment": Environment.live,
+        "account_id": uuid.uuid4(),
+        "application_id": uuid.uuid4(),
+        "user_id": None,
+        "scopes": frozenset({"contacts:read"}),
+        "key_hash": hash_key(generate_key("ks", Environment.live)),
+        "expires_at": None,
+        "revoked_at": None,
+        "previous_hash": None,
+        "previous_expires_at": None,
+    }
+    return KeyRecord(**(values | fields))  # type: ignore[arg-type]

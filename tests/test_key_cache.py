@@ -15,11 +15,11 @@ from factories import (
     create_personal_key,
     create_tenant,
     create_user,
+    key_record,
 )
 from keyservice.models import KeyKind, Role
-from keyservice.security import Environment, generate_key, hash_key
+from keyservice.security import Environment, generate_key
 from keyservice.verification.cache import KeyCache, Target
-from keyservice.verification.service import KeyRecord
 
 
 async def _code(client: httpx.AsyncClient, key: str, **body: object) -> object:
@@ -110,29 +110,9 @@ async def test_a_failed_change_invalidates_nothing(
     assert len(cache) == size
 
 
-def _record(**fields: object) -> KeyRecord:
-    values: dict[str, object] = {
-        "id": uuid.uuid4(),
-        "kind": KeyKind.application,
-        "name": "k",
-        "environment": Environment.live,
-        "account_id": uuid.uuid4(),
-        "application_id": uuid.uuid4(),
-        "user_id": None,
-        "scopes": frozenset({"contacts:read"}),
-        "key_hash": hash_key(generate_key("ks", Environment.live)),
-        "expires_at": None,
-        "revoked_at": None,
-        "previous_hash": None,
-        "previous_expires_at": None,
-    }
-    values.update(fields)
-    return KeyRecord(**values)  # type: ignore[arg-type]
-
-
 def test_a_lookup_that_raced_an_invalidation_is_not_stored() -> None:
     cache = KeyCache(max_entries=10, ttl_seconds=60)
-    record = _record()
+    record = key_record()
     generation = cache.generation  # the lookup starts and reads the row...
     cache.invalidate(Target("key", record.id))  # ...the row changes and the change commits...
     cache.put(record.key_hash, record, generation=generation)  # ...the stale read comes back
@@ -144,7 +124,7 @@ def test_a_lookup_that_raced_an_invalidation_is_not_stored() -> None:
 def test_bounded_lru_with_ttl() -> None:
     now = [0.0]
     cache = KeyCache(max_entries=3, ttl_seconds=10, clock=lambda: now[0])
-    records = [_record() for _ in range(4)]
+    records = [key_record() for _ in range(4)]
     for record in records[:3]:
         cache.put(record.key_hash, record, generation=cache.generation)
     assert cache.get(records[0].key_hash) is records[0]  # now the most recently used
@@ -159,8 +139,8 @@ def test_bounded_lru_with_ttl() -> None:
 
 def test_invalidation_by_application_and_user() -> None:
     cache = KeyCache(max_entries=10, ttl_seconds=60)
-    app_key = _record()
-    user_key = _record(
+    app_key = key_record()
+    user_key = key_record(
         kind=KeyKind.personal, application_id=None, account_id=None, user_id=uuid.uuid4()
     )
     for record in (app_key, user_key):
@@ -174,7 +154,7 @@ def test_invalidation_by_application_and_user() -> None:
 
 def test_a_suspended_cache_stores_nothing() -> None:
     cache = KeyCache(max_entries=10, ttl_seconds=60)
-    record = _record()
+    record = key_record()
     cache.put(record.key_hash, record, generation=cache.generation)
     cache.suspend()
     assert cache.get(record.key_hash) is None

@@ -8,35 +8,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from factories import key_record
 from keyservice.models import KeyKind, Role
 from keyservice.ratelimit.limiter import Decision
 from keyservice.ratelimit.policy import Limits, RatePolicy
-from keyservice.security import Environment
 from keyservice.verification.router import rate_limit_state, valid_content, verified_key
 from keyservice.verification.schemas import VerifyCode, VerifyResponse
-from keyservice.verification.service import NO_LIMITS, KeyRecord, Principal
+from keyservice.verification.service import NO_LIMITS, Principal
 from keyservice.verification.verifier import Verified
 
 NOW = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
-
-
-def _record(**changes: object) -> KeyRecord:
-    fields: dict[str, object] = {
-        "id": uuid.uuid4(),
-        "kind": KeyKind.application,
-        "name": 'Production "integration" é',
-        "environment": Environment.live,
-        "account_id": uuid.uuid4(),
-        "application_id": uuid.uuid4(),
-        "user_id": None,
-        "scopes": frozenset({"deals:read", "contacts:read"}),
-        "key_hash": "a" * 64,
-        "expires_at": None,
-        "revoked_at": None,
-        "previous_hash": None,
-        "previous_expires_at": None,
-    }
-    return KeyRecord(**(fields | changes))  # type: ignore[arg-type]
 
 
 def _expected(verified: Verified) -> bytes:
@@ -66,7 +47,9 @@ DECISIONS = [
 
 @pytest.mark.parametrize("decision", DECISIONS)
 def test_an_application_keys_answer_is_the_models(decision: Decision | None) -> None:
-    record = _record(
+    record = key_record(
+        name='Production "integration" é',
+        scopes=frozenset({"deals:read", "contacts:read"}),
         expires_at=NOW + timedelta(days=90),
         previous_hash="b" * 64,
         previous_expires_at=NOW + timedelta(hours=1, microseconds=5),
@@ -83,7 +66,7 @@ def test_an_application_keys_answer_is_the_models(decision: Decision | None) -> 
 
 def test_a_personal_keys_answer_is_per_account() -> None:
     first, second = uuid.uuid4(), uuid.uuid4()
-    record = _record(
+    record = key_record(
         kind=KeyKind.personal,
         account_id=None,
         application_id=None,
