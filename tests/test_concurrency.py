@@ -92,11 +92,17 @@ async def test_serving_collects_garbage_less_often_and_undoes_it_at_shutdown(
 ) -> None:
     """Full collections traverse every object the process keeps: while serving, what startup
     built is out of their reach and they come rarely; a process that goes on (tests, an embedding
-    app) gets its collector back as it was."""
+    app) gets its collector back as it was once the last app serving in it stops."""
     await migrate.upgrade(settings, fresh_database_url)
     threshold = gc.get_threshold()
-    app = create_app(settings.model_copy(update={"database_url": fresh_database_url}))
-    async with app.router.lifespan_context(app):
+    instance = settings.model_copy(update={"database_url": fresh_database_url})
+    first, second = create_app(instance), create_app(instance)
+    async with first.router.lifespan_context(first):
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
+        assert gc.get_freeze_count() > 0
+        async with second.router.lifespan_context(second):
+            pass
+        # The other app still serves: tuned as it was.
         assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
         assert gc.get_freeze_count() > 0
     assert gc.get_threshold() == threshold

@@ -12,7 +12,12 @@ from factories import key_record
 from keyservice.models import KeyKind, Role
 from keyservice.ratelimit.limiter import Decision
 from keyservice.ratelimit.policy import Limits, RatePolicy
-from keyservice.verification.router import rate_limit_state, valid_content, verified_key
+from keyservice.verification.router import (
+    Answer,
+    rate_limit_state,
+    valid_content,
+    verified_key,
+)
 from keyservice.verification.schemas import VerifyCode, VerifyResponse
 from keyservice.verification.service import NO_LIMITS, Principal
 from keyservice.verification.verifier import Verified
@@ -89,3 +94,14 @@ def test_a_personal_keys_answer_is_per_account() -> None:
         answers.add(valid_content(verified))
         assert valid_content(verified) == _expected(verified)
     assert len(answers) == 2
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"RateLimit-Policy": '"rate";q=5;w=1', "X-RateLimit-Limit": "5", "Retry-After": "1"}],
+)
+def test_the_fast_path_sends_the_headers_the_route_sends(headers: dict[str, str]) -> None:
+    """The fast path sends an answer's ASGI messages itself: the headers must be the Response's
+    that the documented route returns, in the same order."""
+    answer = Answer(b'{"valid":true}', headers)
+    assert answer.raw_headers() == answer.response().raw_headers

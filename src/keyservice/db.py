@@ -106,8 +106,8 @@ class JsonRows:
         self.name = name
         self.param = param
         types = [type_() if isinstance(type_, type) else type_ for type_ in self.columns.values()]
-        self._uuids = [i for i, type_ in enumerate(types) if isinstance(type_, Uuid)]
-        self._times = [i for i, type_ in enumerate(types) if _is_time(type_)]
+        self._uuids = [i for i, type_ in enumerate(types) if isinstance(_impl(type_), Uuid)]
+        self._times = [i for i, type_ in enumerate(types) if isinstance(_impl(type_), DateTime)]
 
     def table(self) -> FromClause:
         rows = bindparam(self.param, type_=String)
@@ -141,7 +141,9 @@ class JsonRows:
             for i in self._times:
                 at = values[i]
                 if at is not None:
-                    values[i] = times.get(at) or times.setdefault(at, self._time(at))
+                    if at not in times:
+                        times[at] = self._time(at)
+                    values[i] = times[at]
             encoded.append(values)
         return {self.param: json.dumps(encoded)}
 
@@ -153,9 +155,9 @@ class JsonRows:
         return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
-def _is_time(type_: Any) -> bool:
-    impl = type_.impl_instance if isinstance(type_, TypeDecorator) else type_
-    return isinstance(impl, DateTime)
+def _impl(type_: Any) -> Any:
+    """The type a decorated type stores as."""
+    return type_.impl_instance if isinstance(type_, TypeDecorator) else type_
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

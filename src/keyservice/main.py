@@ -54,19 +54,31 @@ and admins manage, members read.
 GC_YOUNG_THRESHOLD = 50_000
 
 
+class _Collector:
+    """The garbage collector is the process's: apps serving in one process (tests run several)
+    share its tuning, undone when the last stops."""
+
+    serving = 0
+    threshold: tuple[int, ...] = ()
+
+
 @contextmanager
 def tuned_gc() -> Iterator[None]:
     """While serving: what the app built at startup (modules, models, schemas) is moved out of the
     garbage collector's reach (``gc.freeze``), and the youngest generation is collected less
-    often. Both are undone at shutdown."""
-    threshold = gc.get_threshold()
+    often."""
+    if _Collector.serving == 0:
+        _Collector.threshold = gc.get_threshold()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *_Collector.threshold[1:])
+    _Collector.serving += 1
     gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *threshold[1:])
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
+        _Collector.serving -= 1
+        if _Collector.serving == 0:
+            gc.set_threshold(*_Collector.threshold)
+            gc.unfreeze()
 
 
 class BodySizeLimit:

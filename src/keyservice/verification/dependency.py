@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
 from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from keyservice.errors import (
     AccountForbidden,
@@ -72,7 +73,14 @@ def key_from_headers(headers: Headers) -> str | None:
 
 
 def client_address(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    return peer_address(request.scope)
+
+
+def peer_address(scope: Scope) -> str | None:
+    """The address of the connection's other end, as the server (or its proxy-headers
+    handling) reports it."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 # Dependencies are coroutines on purpose: FastAPI runs a plain function in a thread pool, a hop

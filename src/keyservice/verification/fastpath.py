@@ -2,9 +2,11 @@
 
 /verify is the request every other request of the product waits on, and the work it does on a
 cache hit (a hash, a dict lookup, a few checks) costs far less than the framework around it:
-routing, dependency resolution and response validation cost several times more. This adapter
-reads the body, validates it with the same model, calls the same ``answer()`` as the documented
-route, and renders errors with the same problem handlers, so both are one behaviour. The route
+routing, dependency resolution, Request and Response objects cost several times more. This
+adapter reads the body from the ASGI channel, validates it with the same model, calls the same
+``answer()`` as the documented route, sends the same bytes and headers as its
+``Answer.response()``, and renders errors with the same problem handlers, so both are one
+behaviour. The route
 stays declared, for the OpenAPI document and for any app built without this middleware.
 """
 
@@ -25,6 +27,7 @@ from keyservice.errors import (
     http_error_response,
     validation_response,
 )
+from keyservice.verification.dependency import peer_address
 from keyservice.verification.router import Answer, answer
 from keyservice.verification.schemas import VerifyRequest
 from keyservice.verification.verifier import Verifier
@@ -85,8 +88,7 @@ class VerifyFastPath:
         if isinstance(result, Response):
             await result(scope, receive, send)
             return
-        # What Response(result.content, media_type="application/json") sends, without building
-        # one.
+        # What result.response() sends, without building it.
         await send({"type": "http.response.start", "status": 200, "headers": result.raw_headers()})
         await send({"type": "http.response.body", "body": result.content})
 
@@ -120,8 +122,7 @@ class VerifyFastPath:
         except ValidationError as exc:
             errors = [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
             return validation_response(Request(scope, receive), errors)
-        client = scope.get("client")
         try:
-            return await answer(verifier, body, headers, client[0] if client else None)
+            return await answer(verifier, body, headers, peer_address(scope))
         except KeyServiceError as exc:
             return error_response(Request(scope, receive), exc)

@@ -59,7 +59,7 @@ class KeyRecord:
     # What /verify answers about this key, rendered once per account and secret (see
     # ``keyservice.verification.router.valid_content``): the record never changes, nor do they.
     views: dict[tuple[uuid.UUID, bool], bytes] = field(
-        default_factory=dict, compare=False, repr=False
+        default_factory=dict, init=False, compare=False, repr=False
     )
 
 

@@ -1,7 +1,8 @@
 """The one verification code path, shared by keyservice's own API, /verify and forward-auth.
 
-Format check, lookup (cache first), revocation, expiry, account and scopes, then the key's rate
-limit and quota, and a usage count: in that order, so that a refused request never spends a token.
+Lookup (the cache first; on a miss, the format check, then the database), revocation, expiry,
+account and scopes, then the key's rate limit and quota, and a usage count: in that order, so that
+a refused request never spends a token.
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ class Verifier:
         )
 
     async def record(self, key_hash: str) -> KeyRecord | None:
-        """The key's record: from the cache, else one indexed SELECT (and cached)."""
+        """The key's record: from the cache, else one indexed SELECT (and cached).
+
+        ``key_hash`` must be that of a key that passed ``parse_key``: a cache hit is taken for a
+        well-formed key without checking its format again."""
         record = self.cache.get(key_hash)
         if record is not None:
             return record
