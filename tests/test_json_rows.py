@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from sqlalchemy import BigInteger, Float, String, Uuid, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyservice.db import JsonRows
+from keyservice.json_rows import JsonRows
 from keyservice.models.base import UTCDateTime
 
 COLUMNS = {

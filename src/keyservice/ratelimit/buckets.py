@@ -49,7 +49,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyservice.db import JsonRows, dialect_upsert
+from keyservice.db import dialect_upsert
+from keyservice.json_rows import JsonRows
 from keyservice.models import ApiKey, RateBucket
 
 UNLIMITED = 2**62

@@ -5,9 +5,9 @@ and refused apart. Every ``usage_flush_seconds`` (and when the app shuts down) t
 written with one multi-row ``INSERT ... ON CONFLICT DO UPDATE`` per ten thousand rows, in the same
 transaction as the keys' ``last_used_at`` (one ``UPDATE`` per ten thousand keys; each key's at
 most once a minute per instance) and any alert events. The statements are fixed, whatever the
-number of rows (``keyservice.db.JsonRows``): they are compiled once, not per flush, which would
-hold up every request for as long. A failed flush keeps its counts for the next one. A crash
-loses at most what was counted since the last flush.
+number of rows (``keyservice.json_rows.JsonRows``): they are compiled once, not per flush, which
+would hold up every request for as long. A failed flush keeps its counts for the next one. A
+crash loses at most what was counted since the last flush.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from typing import Any
 from sqlalchemy import BigInteger, String, Table, Uuid, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from keyservice.db import JsonRows, dialect_upsert, upsert
+from keyservice.db import dialect_upsert, upsert
+from keyservice.json_rows import JsonRows
 from keyservice.models import ApiKey, Event, UsageCounter, utcnow
 from keyservice.models.base import UTCDateTime
 

@@ -7,12 +7,13 @@ the clock. ``resolve`` then picks the account the request acts on and the rights
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, String, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice import scopes as scope_rules
@@ -26,6 +27,7 @@ from keyservice.errors import (
     RevokedKey,
     UnknownKey,
 )
+from keyservice.json_rows import JsonRows
 from keyservice.models import ApiKey, Application, KeyKind, Membership, Role
 from keyservice.ratelimit.policy import Limits, effective_limits
 from keyservice.security import Environment
@@ -114,30 +116,70 @@ class Principal:
             raise InsufficientScope(f"The key lacks the scope {scope!r}", scope=scope)
 
 
-async def lookup(session: AsyncSession, key_hash: str, settings: Settings) -> KeyRecord | None:
-    """One indexed SELECT by current or previous (rotation grace) hash, plus roles for a user."""
-    row = (
-        await session.execute(
-            select(ApiKey, Application)
-            .outerjoin(Application, Application.id == ApiKey.application_id)
-            .where(or_(ApiKey.key_hash == key_hash, ApiKey.previous_hash == key_hash))
+# Keys looked up in one statement; more wait for the next.
+MAX_LOOKUPS = 500
+
+
+@functools.cache
+def _presented(dialect: str) -> JsonRows:
+    return JsonRows(dialect, {"hash": String}, name="presented", param="hashes")
+
+
+@functools.cache
+def _lookup_statement(dialect: str) -> Select[str, ApiKey, Application | None]:
+    """The keys whose current or previous (rotation grace) secret has one of the presented
+    hashes, with their applications: fixed, whatever the number of hashes."""
+    presented = _presented(dialect).table()
+    return (
+        select(presented.c.hash, ApiKey, Application)
+        .select_from(presented)
+        .join(
+            ApiKey,
+            or_(ApiKey.key_hash == presented.c.hash, ApiKey.previous_hash == presented.c.hash),
         )
-    ).first()
-    if row is None:
-        return None
-    key, application = row
+        .outerjoin(Application, Application.id == ApiKey.application_id)
+    )
+
+
+async def lookup(
+    session: AsyncSession, key_hashes: Sequence[str], settings: Settings
+) -> dict[str, KeyRecord]:
+    """The records of the keys presented with ``key_hashes`` (at most ``MAX_LOOKUPS``): one
+    indexed SELECT for them all, plus one for the memberships of the users among them. A hash
+    of no key is not in the answer."""
+    dialect = session.get_bind().dialect.name
+    rows = (
+        await session.execute(
+            _lookup_statement(dialect), _presented(dialect).bind((h,) for h in key_hashes)
+        )
+    ).all()
+    user_ids = {key.user_id for _, key, _ in rows if key.user_id is not None}
+    roles: dict[uuid.UUID | None, dict[uuid.UUID, Role]] = {}
+    if user_ids:
+        memberships = await session.execute(
+            select(Membership.user_id, Membership.account_id, Membership.role).where(
+                Membership.user_id.in_(user_ids), Membership.accepted_at.is_not(None)
+            )
+        )
+        for user_id, account_id, role in memberships.all():
+            roles.setdefault(user_id, {})[account_id] = role
+    catalogue = scope_rules.catalogue(settings.scopes)
+    return {
+        key_hash: _record(key, application, roles.get(key.user_id, {}), catalogue, settings)
+        for key_hash, key, application in rows
+    }
+
+
+def _record(
+    key: ApiKey,
+    application: Application | None,
+    roles: dict[uuid.UUID, Role],
+    catalogue: tuple[str, ...],
+    settings: Settings,
+) -> KeyRecord:
     scopes = frozenset(key.scopes)
     if application is not None:
         scopes = scope_rules.intersect(scopes, application.permissions)
-    roles: dict[uuid.UUID, Role] = {}
-    catalogue = scope_rules.catalogue(settings.scopes)
-    if key.user_id is not None:
-        memberships = await session.execute(
-            select(Membership.account_id, Membership.role).where(
-                Membership.user_id == key.user_id, Membership.accepted_at.is_not(None)
-            )
-        )
-        roles = dict(memberships.all())
     return KeyRecord(
         id=key.id,
         kind=key.kind,
@@ -152,7 +194,7 @@ async def lookup(session: AsyncSession, key_hash: str, settings: Settings) -> Ke
         revoked_at=key.revoked_at,
         previous_hash=key.previous_hash,
         previous_expires_at=key.previous_expires_at,
-        roles=roles,
+        roles=dict(roles),
         account_scopes={
             account_id: scope_rules.role_scopes(role, scopes, catalogue)
             for account_id, role in roles.items()

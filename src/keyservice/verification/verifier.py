@@ -7,6 +7,8 @@ a refused request never spends a token.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,6 +63,9 @@ class Verifier:
             block_seconds=settings.verify_block_seconds,
         )
         self.limiter = Limiter(sessionmaker)
+        # Keys missing from the cache, waiting for the next lookup statement.
+        self._lookups: dict[str, asyncio.Future[KeyRecord | None]] = {}
+        self._looking_up: asyncio.Task[None] | None = None
         self.usage = UsageRecorder(
             sessionmaker,
             max_endpoints=settings.usage_max_endpoints,
@@ -68,19 +73,51 @@ class Verifier:
         )
 
     async def record(self, key_hash: str) -> KeyRecord | None:
-        """The key's record: from the cache, else one indexed SELECT (and cached).
+        """The key's record: from the cache, else looked up (and cached) together with the other
+        keys missing from the cache meanwhile, in one statement, as a new instance's first
+        requests are: one round trip and one connection for many keys, not for each.
 
         ``key_hash`` must be that of a key that passed ``parse_key``: a cache hit is taken for a
         well-formed key without checking its format again."""
         record = self.cache.get(key_hash)
         if record is not None:
             return record
-        generation = self.cache.generation
-        async with self.sessionmaker() as session:
-            record = await service.lookup(session, key_hash, self.settings)
-        if record is not None:
-            self.cache.put(key_hash, record, generation=generation)
-        return record
+        future = self._lookups.get(key_hash)
+        if future is None:
+            future = self._lookups[key_hash] = asyncio.get_running_loop().create_future()
+            # Its exception is retrieved even when every request waiting for it gave up.
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())
+            if self._looking_up is None:
+                self._looking_up = asyncio.create_task(self._lookup_batches())
+        # Shielded: a request that gives up must not cancel the others' wait.
+        return await asyncio.shield(future)
+
+    async def _lookup_batches(self) -> None:
+        try:
+            while self._lookups:
+                hashes = list(itertools.islice(self._lookups, service.MAX_LOOKUPS))
+                futures = [self._lookups.pop(key_hash) for key_hash in hashes]
+                # An invalidation from now on may concern what the statement reads: such records
+                # are not cached (KeyCache.put).
+                generation = self.cache.generation
+                try:
+                    async with self.sessionmaker() as session:
+                        records = await service.lookup(session, hashes, self.settings)
+                except Exception as exc:
+                    for future in futures:
+                        future.set_exception(exc)
+                    continue
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+                for key_hash, future in zip(hashes, futures, strict=True):
+                    record = records.get(key_hash)
+                    if record is not None:
+                        self.cache.put(key_hash, record, generation=generation)
+                    future.set_result(record)
+        finally:
+            self._looking_up = None
 
     async def verify_user(self, key: str | None, *, client_address: str | None) -> UserPrincipal:
         """Verify a user's key for the user's own things, whatever account it may reach."""
