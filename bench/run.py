@@ -48,6 +48,7 @@ from bench.generators import LoadGenerator
 from bench.report import Goal, Machine, Report, latency, per_1000
 from bench.results import AccuracyResult, Phase, PhaseResult, RouteSummary, Target, summarise
 from bench.service import ROOT, Server, admin, create_keys, database, prepare
+from keyservice.ratelimit.policy import LONG_LEASE_SECONDS
 
 DEFAULT_OUTPUT = ROOT / "docs" / "performance.md"
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -76,8 +77,10 @@ SPREAD_RATE_LIMIT = {"limit": 1000, "period_seconds": 1, "burst": 1000}
 # were fewer than twice the allowance).
 ACCURACY_RATE_LIMIT = {"limit": 200, "period_seconds": 1, "burst": 50}
 ACCURACY_INSTANCES = 2
-# The spread keys' warm-up goes on until every key is cached, for at most this many times the
-# measured phase's duration.
+# The spread keys' warm-up goes on until every key is cached, and for at least as long as a long
+# lease lives (a key's first lease is long), so that the measured run finds leases of every age
+# and renews them as steady use does; for at most this many times the measured phase's duration,
+# or that long lease's life if longer.
 SPREAD_WARMUP_FACTOR = 3
 # In runs of at most this many seconds, each from the first key.
 SPREAD_WARMUP_RUN = 5
@@ -237,12 +240,16 @@ def run_phase(server: Server, generator: LoadGenerator, phase: Phase) -> PhaseRe
     )
 
 
+def _spread_budget(seconds: int) -> float:
+    return max(SPREAD_WARMUP_FACTOR * seconds, LONG_LEASE_SECONDS)
+
+
 def warm_spread(
-    server: Server, generator: LoadGenerator, target: Target, *, budget: float
+    server: Server, generator: LoadGenerator, target: Target, *, budget: float, minimum: float
 ) -> tuple[list[PhaseResult], int]:
     """Warm-up runs over the spread keys, each from the first key, until every key is cached
-    (with its bucket) or ``budget`` seconds are spent: the results and how many keys, from the
-    first, are warm.
+    (with its bucket) and ``minimum`` seconds are spent, or ``budget`` seconds are: the results
+    and how many keys, from the first, are warm.
 
     A key's first verification costs a lookup and creates its bucket row; the measured run, which
     starts again from the first key, should find its keys warm, as keys in steady use are. Each
@@ -255,7 +262,7 @@ def warm_spread(
     total = len(target.bodies)
     warm, spent = 0, 0.0
     results: list[PhaseResult] = []
-    while warm < total and spent < budget:
+    while (warm < total or spent < minimum) and spent < budget:
         seconds = max(1, min(SPREAD_WARMUP_RUN, math.ceil(budget - spent)))
         warmup = Phase(warmup_name(SPREAD_PHASE), target, seconds, measured=False)
         result = run_phase(server, generator, warmup)
@@ -477,8 +484,10 @@ def setup_lines(
         "listener and the usage flusher (every second), plus statement and verification counters",
         f"CPUs: {pinning} (the accuracy run's two instances share the server's)",
         f"Phases: {args.warmup} s warm-up of each route (the {len(plan.spread.bodies):,} keys: "
-        f"right before their measured run, until all are cached, for at most "
-        f"{SPREAD_WARMUP_FACTOR * args.seconds} s), then {measured}: {args.seconds} s each, "
+        f"right before their measured run, until all are cached and for at least as long as a "
+        f"long lease lives ({LONG_LEASE_SECONDS:.0f} s), so that the measured run renews leases "
+        f"as steady use does, for at most {_spread_budget(args.seconds):.0f} s), then "
+        f"{measured}: {args.seconds} s each, "
         f"{args.connections} connections",
         'Trivial route: `GET /healthz`, a constant pydantic model (`{"status":"ok"}`)',
         f"Plain key: `POST /v1/verify` with `{verify_body('ks_live_…')}`: an application's key "
@@ -559,7 +568,8 @@ def main(argv: list[str] | None = None) -> int:
                             server,
                             generator,
                             phases.spread,
-                            budget=SPREAD_WARMUP_FACTOR * args.seconds,
+                            budget=_spread_budget(args.seconds),
+                            minimum=LONG_LEASE_SECONDS,
                         )
                         results += warmups
                     results.append(run_phase(server, generator, phase))
