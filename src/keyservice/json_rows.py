@@ -26,8 +26,9 @@ from sqlalchemy.dialects import postgresql
 
 class JsonRows:
     """Many rows as one JSON parameter, read back as a table in SQL: one fixed statement, compiled
-    and prepared once, takes any number of rows (PostgreSQL ``json_array_elements``, SQLite
-    ``json_each``).
+    and prepared once, takes any number of rows (PostgreSQL ``keyservice_json_rows``, our
+    ``json_array_elements`` estimated at a few rows so that batches go through the indexes;
+    SQLite ``json_each``).
 
     Rows are tuples in the columns' order, sent as JSON arrays; values are stored as each backend
     stores them: UUIDs as hex, times in UTC. A time is encoded once per call however many rows
@@ -48,7 +49,8 @@ class JsonRows:
         rows = bindparam(self.param, type_=String)
         values: list[ColumnElement[Any]]
         if self.postgres:
-            elements = func.json_array_elements(cast(rows, postgresql.JSON))
+            # json_array_elements, estimated at a few rows (see the migration that creates it).
+            elements = func.keyservice_json_rows(cast(rows, postgresql.JSON))
             row = elements.table_valued("value").alias(f"{self.name}_row")
             values = [
                 cast(row.c.value.op("->>")(literal_column(str(i))), t)
