@@ -72,6 +72,47 @@ async def test_a_long_lease_keeps_most_of_the_burst_free_for_other_instances(
     assert admitted == 64 - 4
 
 
+async def test_a_long_lease_in_use_is_renewed_before_it_expires(
+    sessionmaker: async_sessionmaker[AsyncSession], session: AsyncSession
+) -> None:
+    """A key used now and then does not wait for its renewals: used in the last quarter of its
+    long lease, it renews it in the background, and what follows the old lease's expiry is served
+    from the new one."""
+    [key_id] = await _keys(session, 1)
+    clock = FakeClock()
+    limiter = Limiter(sessionmaker, clock=clock)
+    assert (await limiter.check(key_id, LIMITS)).allowed
+    clock.now += LONG_LEASE_SECONDS * 0.5
+    assert (await limiter.check(key_id, LIMITS)).allowed
+    await limiter.renewals()
+    assert limiter.leases_taken == 1  # half its life: not yet
+    clock.now += LONG_LEASE_SECONDS * 0.3
+    assert (await limiter.check(key_id, LIMITS)).allowed
+    assert limiter.leases_taken == 1  # served at once, from the old lease
+    await limiter.renewals()
+    assert limiter.leases_taken == 2  # renewed meanwhile
+    clock.now += LONG_LEASE_SECONDS * 0.3  # past the old lease's end
+    assert (await limiter.check(key_id, LIMITS)).allowed
+    await limiter.renewals()
+    assert limiter.leases_taken == 2
+
+
+async def test_a_long_lease_under_a_quota_is_renewed_on_the_request_path(
+    sessionmaker: async_sessionmaker[AsyncSession], session: AsyncSession
+) -> None:
+    """A renewal moves the quota, and the request that moves it raises the quota's alerts: a key
+    with a quota renews when a request needs it, not ahead."""
+    [key_id] = await _keys(session, 1)
+    clock = FakeClock()
+    limiter = Limiter(sessionmaker, clock=clock)
+    limits = Limits(rate=LIMITS.rate, monthly_quota=1_000_000)
+    assert (await limiter.check(key_id, limits)).allowed
+    clock.now += LONG_LEASE_SECONDS * 0.9
+    assert (await limiter.check(key_id, limits)).allowed
+    await limiter.renewals()
+    assert limiter.leases_taken == 1
+
+
 async def test_a_key_in_steady_use_leases_again_soon_after_a_long_lease(
     sessionmaker: async_sessionmaker[AsyncSession], session: AsyncSession
 ) -> None:

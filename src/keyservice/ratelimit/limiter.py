@@ -14,6 +14,7 @@ request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import time
@@ -37,6 +38,9 @@ QUOTA_LEASE_SIZE = 100
 # However long a refusal's Retry-After, an instance asks the bucket again after this long: the
 # database's clock, not this instance's, says when a month or a policy ends.
 MAX_LOCAL_BLOCK_SECONDS = 60.0
+# A long lease used in the last quarter of its life is renewed then, in the background: a key in
+# steady use then never waits for its renewal.
+RENEW_AHEAD = 0.25
 
 
 class Refusal(StrEnum):
@@ -78,6 +82,8 @@ class _Lease:
     bucket_tokens: float = 0.0
     seen_at: float = 0.0
     quota_used: int = 0
+    # When to renew it ahead of its expiry (a long lease of a key without a quota), if at all.
+    renew_at: float = math.inf
 
 
 def _seconds_to_next_month(now: datetime) -> int:
@@ -106,6 +112,7 @@ class Limiter:
             tuple[buckets.LeaseRequest, asyncio.Future[buckets.LeaseResult | None]],
         ] = {}
         self._leaser: asyncio.Task[None] | None = None
+        self._renewals: set[asyncio.Task[None]] = set()
         self.leases_taken = 0
         self.lease_batches = 0
 
@@ -135,8 +142,30 @@ class Limiter:
             return self._refused(lease, math.ceil(lease.blocked_until - now))
         if lease.expires > now and lease.tokens >= cost:
             lease.tokens -= cost
+            if lease.renew_at <= now:
+                lease.renew_at = math.inf  # once
+                renewal = asyncio.create_task(self._renew(key_id, limits, lease))
+                self._renewals.add(renewal)
+                renewal.add_done_callback(self._renewals.discard)
             return self._allowed(lease, now)
         return None
+
+    async def renewals(self) -> None:
+        """Wait for the renewals under way."""
+        await asyncio.gather(*self._renewals)
+
+    async def _renew(self, key_id: uuid.UUID, limits: Limits, lease: _Lease) -> None:
+        """A new lease for a key in steady use, taken while its current one still serves it. The
+        current one's unspent tokens stop serving as the statement is sent (their quota goes
+        back with it); their rate tokens count against the bucket until their window ends."""
+        lock = self._locks.get(key_id)
+        if lock is None:
+            lock = self._locks[key_id] = asyncio.Lock()
+        async with lock:
+            if self._leases.get(key_id) is not lease or lease.expires <= self._clock():
+                return  # renewed or expired meanwhile: the request path takes it from here
+            with contextlib.suppress(Exception):  # as if not renewed: requests will lease
+                await self._lease(key_id, limits, 0)
 
     async def _lease(self, key_id: uuid.UUID, limits: Limits, cost: int) -> Decision:
         previous = self._leases.get(key_id)
@@ -158,8 +187,11 @@ class Limiter:
         long_window_ms = int(LONG_LEASE_SECONDS * 1000)
         # The lease lives no longer than the bucket's window that accounts for it.
         lifetime = (long_window_ms if long else window_ms) / 1000
-        # What the previous lease left unspent goes back to the quota.
+        # What the previous lease left unspent goes back to the quota, and stops serving now (a
+        # lease renewed ahead of its expiry still serves until then).
         returned = int(previous.tokens) if previous and previous.limits == limits else 0
+        if previous is not None:
+            previous.tokens = 0.0
         started = self._clock()
         result = await self._take(
             buckets.LeaseRequest(
@@ -194,6 +226,9 @@ class Limiter:
             # Measured from before the statement was sent: the lease dies no later than the
             # bucket believes.
             lease.expires = started + lifetime
+            if long and limits.monthly_quota is None:
+                # With a quota, renewals stay on the request path, which raises its alerts.
+                lease.renew_at = started + lifetime * (1 - RENEW_AHEAD)
             return replace(self._allowed(lease, started), quota_leased=leased)
         quota_left = (limits.monthly_quota or 0) - result.quota_used
         if rate is None or (limits.monthly_quota is not None and quota_left < cost):
