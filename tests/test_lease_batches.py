@@ -97,6 +97,44 @@ async def test_a_long_lease_in_use_is_renewed_before_it_expires(
     assert limiter.leases_taken == 2
 
 
+async def test_a_renewal_under_way_does_not_hold_up_requests(
+    sessionmaker: async_sessionmaker[AsyncSession], session: AsyncSession
+) -> None:
+    [key_id] = await _keys(session, 1)
+    clock = FakeClock()
+    limiter = Limiter(sessionmaker, clock=clock)
+    assert (await limiter.check(key_id, LIMITS)).allowed
+    clock.now += LONG_LEASE_SECONDS * 0.9
+    assert (await limiter.check(key_id, LIMITS)).allowed  # starts the renewal
+    for _ in range(5):
+        await asyncio.sleep(0)  # the renewal's statement is under way
+    assert (await limiter.check(key_id, LIMITS)).allowed
+    assert limiter.leases_taken == 1  # served from the old lease, not after the renewal
+    await limiter.renewals()
+    assert limiter.leases_taken == 2
+
+
+async def test_a_renewal_that_gets_nothing_leaves_the_old_lease_serving(
+    sessionmaker: async_sessionmaker[AsyncSession], session: AsyncSession
+) -> None:
+    """Another instance drained the bucket: the renewal gets no token, and the old lease, still
+    counted against the bucket, serves on until it ends."""
+    [key_id] = await _keys(session, 1)
+    limits = Limits(rate=RatePolicy(limit=1, period_seconds=600, burst=64), monthly_quota=None)
+    clock = FakeClock()
+    limiter = Limiter(sessionmaker, clock=clock)
+    assert (await limiter.check(key_id, limits)).allowed  # a long lease of 4: 3 left
+    other = Limiter(sessionmaker)
+    while (await other.check(key_id, limits)).allowed:
+        pass
+    clock.now += LONG_LEASE_SECONDS * 0.9
+    assert (await limiter.check(key_id, limits)).allowed  # 2 left; renewal gets nothing
+    await limiter.renewals()
+    assert (await limiter.check(key_id, limits)).allowed
+    assert (await limiter.check(key_id, limits)).allowed
+    assert not (await limiter.check(key_id, limits)).allowed
+
+
 async def test_a_long_lease_under_a_quota_is_renewed_on_the_request_path(
     sessionmaker: async_sessionmaker[AsyncSession], session: AsyncSession
 ) -> None:

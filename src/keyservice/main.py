@@ -146,6 +146,7 @@ def create_app(
             with tuned_gc():
                 yield
         finally:
+            await verifier.limiter.stop()
             # Graceful shutdown: what was counted since the last flush is written now.
             await verifier.usage.stop()
             if listener is not None:

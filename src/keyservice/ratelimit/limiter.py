@@ -38,9 +38,9 @@ QUOTA_LEASE_SIZE = 100
 # However long a refusal's Retry-After, an instance asks the bucket again after this long: the
 # database's clock, not this instance's, says when a month or a policy ends.
 MAX_LOCAL_BLOCK_SECONDS = 60.0
-# A long lease used in the last quarter of its life is renewed then, in the background: a key in
+# A long lease used in the last fifth of its life is renewed then, in the background: a key in
 # steady use then never waits for its renewal.
-RENEW_AHEAD = 0.25
+RENEW_AHEAD = 0.2
 
 
 class Refusal(StrEnum):
@@ -152,12 +152,18 @@ class Limiter:
 
     async def renewals(self) -> None:
         """Wait for the renewals under way."""
-        await asyncio.gather(*self._renewals)
+        await asyncio.gather(*self._renewals, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Cancel the renewals under way (shutdown): their keys' leases serve until they end."""
+        for renewal in self._renewals:
+            renewal.cancel()
+        await self.renewals()
 
     async def _renew(self, key_id: uuid.UUID, limits: Limits, lease: _Lease) -> None:
-        """A new lease for a key in steady use, taken while its current one still serves it. The
-        current one's unspent tokens stop serving as the statement is sent (their quota goes
-        back with it); their rate tokens count against the bucket until their window ends."""
+        """A new lease for a key in steady use, taken while its current one still serves it, and
+        replacing it when it arrives (the key has no quota: its unspent tokens have nothing to go
+        back to; they count against the bucket until their window ends)."""
         lock = self._locks.get(key_id)
         if lock is None:
             lock = self._locks[key_id] = asyncio.Lock()
@@ -165,9 +171,11 @@ class Limiter:
             if self._leases.get(key_id) is not lease or lease.expires <= self._clock():
                 return  # renewed or expired meanwhile: the request path takes it from here
             with contextlib.suppress(Exception):  # as if not renewed: requests will lease
-                await self._lease(key_id, limits, 0)
+                await self._lease(key_id, limits, 0, renewal=True)
 
-    async def _lease(self, key_id: uuid.UUID, limits: Limits, cost: int) -> Decision:
+    async def _lease(
+        self, key_id: uuid.UUID, limits: Limits, cost: int, *, renewal: bool = False
+    ) -> Decision:
         previous = self._leases.get(key_id)
         # A key this instance has not seen yet, or whose last lease outlived its use, is used
         # now and then here: it takes a long lease, so as not to cost a write per request.
@@ -187,29 +195,38 @@ class Limiter:
         long_window_ms = int(LONG_LEASE_SECONDS * 1000)
         # The lease lives no longer than the bucket's window that accounts for it.
         lifetime = (long_window_ms if long else window_ms) / 1000
-        # What the previous lease left unspent goes back to the quota, and stops serving now (a
-        # lease renewed ahead of its expiry still serves until then).
-        returned = int(previous.tokens) if previous and previous.limits == limits else 0
-        if previous is not None:
-            previous.tokens = 0.0
+        # What the previous lease left unspent goes back to the quota, and stops serving now; but
+        # a lease being renewed ahead of its end serves until the new one replaces it.
+        returned, unspent = 0, 0.0
+        if previous is not None and not renewal:
+            unspent, previous.tokens = previous.tokens, 0.0
+            returned = int(unspent) if previous.limits == limits else 0
         started = self._clock()
-        result = await self._take(
-            buckets.LeaseRequest(
-                key_id=key_id,
-                cost=cost,
-                want=want,
-                burst=burst,
-                rate=per_second,
-                window_ms=window_ms,
-                long_window_ms=long_window_ms,
-                long=long,
-                quota=limits.monthly_quota,
-                returned=returned,
-                create=previous is None,
+        try:
+            result = await self._take(
+                buckets.LeaseRequest(
+                    key_id=key_id,
+                    cost=cost,
+                    want=want,
+                    burst=burst,
+                    rate=per_second,
+                    window_ms=window_ms,
+                    long_window_ms=long_window_ms,
+                    long=long,
+                    quota=limits.monthly_quota,
+                    returned=returned,
+                    create=previous is None,
+                )
             )
-        )
+        except BaseException:
+            # Rolled back, or never sent: those tokens are still the previous lease's to spend.
+            if previous is not None and self._leases.get(key_id) is previous:
+                previous.tokens += unspent
+            raise
         if result is None:
             raise UnknownKey()  # deleted while it was being verified
+        if renewal and result.taken <= 0:
+            return Decision(limits=limits)  # nothing to renew with now: the old lease serves on
         self.leases_taken += 1
         lease = _Lease(
             limits=limits,
