@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Select, String, or_, select
+from sqlalchemy import Select, String, Uuid, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice import scopes as scope_rules
@@ -141,6 +141,20 @@ def _lookup_statement(dialect: str) -> Select[str, ApiKey, Application | None]:
     )
 
 
+@functools.cache
+def _users(dialect: str) -> JsonRows:
+    return JsonRows(dialect, {"user_id": Uuid}, name="users", param="users")
+
+
+@functools.cache
+def _memberships_statement(dialect: str) -> Select[uuid.UUID, uuid.UUID, Role]:
+    """The accepted memberships of the users, whatever their number."""
+    users = _users(dialect).table()
+    return select(Membership.user_id, Membership.account_id, Membership.role).where(
+        Membership.user_id.in_(select(users.c.user_id)), Membership.accepted_at.is_not(None)
+    )
+
+
 async def lookup(
     session: AsyncSession, key_hashes: Sequence[str], settings: Settings
 ) -> dict[str, KeyRecord]:
@@ -157,9 +171,7 @@ async def lookup(
     roles: dict[uuid.UUID | None, dict[uuid.UUID, Role]] = {}
     if user_ids:
         memberships = await session.execute(
-            select(Membership.user_id, Membership.account_id, Membership.role).where(
-                Membership.user_id.in_(user_ids), Membership.accepted_at.is_not(None)
-            )
+            _memberships_statement(dialect), _users(dialect).bind((u,) for u in user_ids)
         )
         for user_id, account_id, role in memberships.all():
             roles.setdefault(user_id, {})[account_id] = role

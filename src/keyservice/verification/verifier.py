@@ -87,8 +87,8 @@ class Verifier:
             future = self._lookups[key_hash] = asyncio.get_running_loop().create_future()
             # Its exception is retrieved even when every request waiting for it gave up.
             future.add_done_callback(lambda done: done.cancelled() or done.exception())
-            if self._looking_up is None:
-                self._looking_up = asyncio.create_task(self._lookup_batches())
+        if self._looking_up is None:
+            self._looking_up = asyncio.create_task(self._lookup_batches())
         # Shielded: a request that gives up must not cancel the others' wait.
         return await asyncio.shield(future)
 
@@ -108,8 +108,10 @@ class Verifier:
                         future.set_exception(exc)
                     continue
                 except BaseException:
-                    for future in futures:
+                    # Cancelled: so are the lookups waiting for it, rather than left to hang.
+                    for future in [*futures, *self._lookups.values()]:
                         future.cancel()
+                    self._lookups.clear()
                     raise
                 for key_hash, future in zip(hashes, futures, strict=True):
                     record = records.get(key_hash)
