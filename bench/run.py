@@ -81,8 +81,9 @@ SPREAD_RATE_LIMIT = {"limit": 1000, "period_seconds": 1, "burst": 1000}
 ACCURACY_RATE_LIMIT = {"limit": 200, "period_seconds": 1, "burst": 50}
 ACCURACY_INSTANCES = 2
 # The spread keys' warm-up goes on until every key is cached, and until the long leases the keys
-# took when first seen are due for renewal (SPREAD_WARMUP_MINIMUM), so that the measured run
-# renews them all: more renewals than in steady use, where they spread over a long lease's life.
+# took when first seen become due for renewal (SPREAD_WARMUP_MINIMUM of load), so that the
+# measured run renews most of them: more renewals than in steady use, where they spread over a
+# long lease's life.
 # For at most this many times the measured phase's duration, or that minimum if longer.
 SPREAD_WARMUP_FACTOR = 3
 SPREAD_WARMUP_MINIMUM = LONG_LEASE_SECONDS * (1 - RENEW_AHEAD)
@@ -496,8 +497,8 @@ def setup_lines(
         f"CPUs: {pinning} (the accuracy run's two instances share the server's)",
         f"Phases: {args.warmup} s warm-up of each route (the {len(plan.spread.bodies):,} keys: "
         f"right before their measured run, until all are cached and for at least "
-        f"{SPREAD_WARMUP_MINIMUM:g} s, when the long leases they took when first seen are due for "
-        f"renewal, so that the measured run renews them all, for at most "
+        f"{SPREAD_WARMUP_MINIMUM:g} s, when the long leases they took when first seen become due "
+        f"for renewal, so that the measured run renews most of them, for at most "
         f"{_spread_budget(args.seconds):g} s), then "
         f"{measured}: {args.seconds} s each, "
         f"{args.connections} connections",
