@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.accounts import service as accounts_service
 from keyservice.keys import service as keys_service
-from keyservice.models import Account, KeyKind, Membership, Role, User, utcnow
+from keyservice.models import Account, ApiKey, KeyKind, Membership, Role, User, utcnow
 from keyservice.security import Environment, generate_key, hash_key
 from keyservice.verification.service import KeyRecord
 
@@ -127,3 +127,22 @@ def key_record(**fields: object) -> KeyRecord:
         "previous_expires_at": None,
     }
     return KeyRecord(**(values | fields))  # type: ignore[arg-type]
+
+
+async def create_personal_keys(session: AsyncSession, user: User, count: int) -> list[ApiKey]:
+    """``count`` personal keys of ``user``, straight in the database (no secrets kept)."""
+    keys = [
+        keys_service.new_key(
+            prefix="ks",
+            kind=KeyKind.personal,
+            name=f"Key {number}",
+            environment=Environment.live,
+            scopes=[],
+            expires_at=None,
+            user_id=user.id,
+        )[0]
+        for number in range(count)
+    ]
+    session.add_all(keys)
+    await session.commit()
+    return keys

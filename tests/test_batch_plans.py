@@ -9,13 +9,10 @@ from typing import Any
 
 from sqlalchemy import text
 
-from factories import create_tenant
+from factories import create_personal_keys, create_tenant
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
-from keyservice.keys.service import new_key
-from keyservice.models import KeyKind
 from keyservice.ratelimit import buckets
-from keyservice.security import Environment
 from keyservice.usage import recorder
 from keyservice.verification import service
 
@@ -42,20 +39,7 @@ async def test_batches_go_through_the_indexes(postgres_url: str, settings: Setti
     try:
         async with create_sessionmaker(engine)() as session:
             tenant = await create_tenant(session)
-            keys = [
-                new_key(
-                    prefix="ks",
-                    kind=KeyKind.personal,
-                    name=f"Key {number}",
-                    environment=Environment.live,
-                    scopes=[],
-                    expires_at=None,
-                    user_id=tenant.owner.id,
-                )[0]
-                for number in range(KEYS)
-            ]
-            session.add_all(keys)
-            await session.commit()
+            keys = await create_personal_keys(session, tenant.owner, KEYS)
             ids = [key.id for key in keys]
             for start in range(0, KEYS, buckets.MAX_BATCH):
                 chunk = ids[start : start + buckets.MAX_BATCH]

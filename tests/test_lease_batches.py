@@ -7,15 +7,12 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from factories import create_tenant
+from factories import create_personal_keys, create_tenant
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
 from keyservice.errors import UnknownKey
-from keyservice.keys.service import new_key
-from keyservice.models import KeyKind
 from keyservice.ratelimit.limiter import Decision, Limiter
 from keyservice.ratelimit.policy import LONG_LEASE_SECONDS, Limits, RatePolicy
-from keyservice.security import Environment
 
 LIMITS = Limits(rate=RatePolicy(limit=1000, period_seconds=1, burst=1000), monthly_quota=None)
 
@@ -30,21 +27,7 @@ class FakeClock:
 
 async def _keys(session: AsyncSession, count: int) -> list[uuid.UUID]:
     tenant = await create_tenant(session)
-    keys = [
-        new_key(
-            prefix="ks",
-            kind=KeyKind.personal,
-            name=f"Key {number}",
-            environment=Environment.live,
-            scopes=[],
-            expires_at=None,
-            user_id=tenant.owner.id,
-        )[0]
-        for number in range(count)
-    ]
-    session.add_all(keys)
-    await session.commit()
-    return [key.id for key in keys]
+    return [key.id for key in await create_personal_keys(session, tenant.owner, count)]
 
 
 async def test_a_key_used_now_and_then_takes_one_lease_for_many_requests(
