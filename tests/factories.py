@@ -109,6 +109,16 @@ async def create_key(
     return data
 
 
+async def create_limited_key(
+    client: httpx.AsyncClient, session: AsyncSession, rate_limit: dict[str, int], **fields: Any
+) -> str:
+    """A new tenant's application key with ``rate_limit``: its secret."""
+    tenant = await create_tenant(session)
+    application = await create_application(client, tenant)
+    created = await create_key(client, tenant, application["id"], rate_limit=rate_limit, **fields)
+    return str(created["key"])
+
+
 def key_record(**fields: object) -> KeyRecord:
     """What verification knows of an application's key, without a database: ``fields`` override."""
     values: dict[str, object] = {

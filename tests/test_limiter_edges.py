@@ -8,7 +8,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from factories import create_application, create_key, create_tenant
+from factories import create_limited_key, create_tenant
 from keyservice.models import ApiKey
 from keyservice.ratelimit.limiter import MAX_LOCAL_BLOCK_SECONDS, Limiter, Refusal
 from keyservice.ratelimit.policy import Limits, RatePolicy
@@ -86,16 +86,7 @@ async def test_a_tightened_policy_leaves_no_debt(
 async def test_a_cost_beyond_the_burst_is_refused_without_a_write(
     client: httpx.AsyncClient, session: AsyncSession, sql_statements: list[str]
 ) -> None:
-    tenant = await create_tenant(session)
-    application = await create_application(client, tenant)
-    key = (
-        await create_key(
-            client,
-            tenant,
-            application["id"],
-            rate_limit={"limit": 3, "period_seconds": 1},
-        )
-    )["key"]
+    key = await create_limited_key(client, session, {"limit": 3, "period_seconds": 1})
     assert (await client.post("/v1/verify", json={"key": key})).json()["code"] == "VALID"
     sql_statements.clear()
     response = await client.post("/v1/verify", json={"key": key, "cost": 4})

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conftest import client_for
-from factories import auth, create_application, create_key, create_tenant
+from factories import auth, create_application, create_key, create_limited_key, create_tenant
 
 
 async def _verify(client: httpx.AsyncClient, key: str, **body: Any) -> httpx.Response:
@@ -66,13 +66,7 @@ async def test_limits_are_inherited_and_overridden(
 async def test_verify_refuses_beyond_the_limit_and_says_so(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
-    tenant = await create_tenant(session)
-    application = await create_application(client, tenant)
-    key = (
-        await create_key(
-            client, tenant, application["id"], rate_limit={"limit": 3, "period_seconds": 60}
-        )
-    )["key"]
+    key = await create_limited_key(client, session, {"limit": 3, "period_seconds": 60})
     for remaining in (2, 1, 0):
         response = await _verify(client, key)
         assert response.json()["code"] == "VALID"
@@ -95,17 +89,9 @@ async def test_verify_refuses_beyond_the_limit_and_says_so(
 async def test_refused_requests_spend_nothing(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
-    tenant = await create_tenant(session)
-    application = await create_application(client, tenant)
-    key = (
-        await create_key(
-            client,
-            tenant,
-            application["id"],
-            scopes=["contacts:read"],
-            rate_limit={"limit": 2, "period_seconds": 3600},
-        )
-    )["key"]
+    key = await create_limited_key(
+        client, session, {"limit": 2, "period_seconds": 3600}, scopes=["contacts:read"]
+    )
     for _ in range(5):
         refused = await _verify(client, key, scopes=["deals:write"])
         assert refused.json()["code"] == "INSUFFICIENT_SCOPE"
@@ -116,13 +102,7 @@ async def test_refused_requests_spend_nothing(
 
 
 async def test_cost_spends_several_tokens(client: httpx.AsyncClient, session: AsyncSession) -> None:
-    tenant = await create_tenant(session)
-    application = await create_application(client, tenant)
-    key = (
-        await create_key(
-            client, tenant, application["id"], rate_limit={"limit": 10, "period_seconds": 3600}
-        )
-    )["key"]
+    key = await create_limited_key(client, session, {"limit": 10, "period_seconds": 3600})
     assert (await _verify(client, key, cost=7)).json()["rate_limit"]["remaining"] == 3
     assert (await _verify(client, key, cost=4)).json()["code"] == "RATE_LIMITED"
     assert (await _verify(client, key, cost=3)).json()["code"] == "VALID"
@@ -204,16 +184,7 @@ async def test_monthly_quota(
 async def test_tokens_come_back_at_the_rate(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
-    tenant = await create_tenant(session)
-    application = await create_application(client, tenant)
-    key = (
-        await create_key(
-            client,
-            tenant,
-            application["id"],
-            rate_limit={"limit": 10, "period_seconds": 1, "burst": 1},
-        )
-    )["key"]
+    key = await create_limited_key(client, session, {"limit": 10, "period_seconds": 1, "burst": 1})
     assert (await _verify(client, key)).json()["code"] == "VALID"
     refused = (await _verify(client, key)).json()
     assert refused["code"] == "RATE_LIMITED"
