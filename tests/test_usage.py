@@ -7,13 +7,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from conftest import client_for
-from factories import auth, create_application, create_key, create_tenant
+from factories import auth, create_application, create_key, create_personal_keys, create_tenant
 from keyservice.models import ApiKey, UsageCounter
+from keyservice.usage import recorder as recorder_module
 from keyservice.usage.recorder import UsageRecorder, endpoint_template
 
 
@@ -264,3 +266,32 @@ async def test_a_key_deleted_before_the_flush_loses_only_its_own_counts(
     await recorder.flush()
     rows = (await session.execute(select(UsageCounter.key_id, UsageCounter.allowed))).all()
     assert [tuple(row) for row in rows] == [(key.id, 1)]
+
+
+async def test_a_flush_larger_than_a_statement_writes_every_row(
+    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    sql_statements: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Beyond ROWS_PER_STATEMENT rows a flush takes several statements, in key order: every
+    counter and every last_used_at still lands."""
+    monkeypatch.setattr(recorder_module, "ROWS_PER_STATEMENT", 3)
+    tenant = await create_tenant(session)
+    keys = await create_personal_keys(session, tenant.owner, 8)
+    now = datetime(2026, 11, 21, 10, 30, 5, tzinfo=UTC)
+    recorder = UsageRecorder(
+        sessionmaker, max_endpoints=5, rate_limited_alert_refusals=100, clock=lambda: now
+    )
+    for key in reversed(keys):
+        recorder.record(key.id, tenant.account.id, "GET /x", allowed=True)
+    sql_statements.clear()
+    assert await recorder.flush() == 8
+    assert len([s for s in sql_statements if s.startswith("INSERT INTO usage_counters")]) == 3
+    counted = await session.scalars(
+        select(UsageCounter.key_id).where(UsageCounter.key_id.in_([k.id for k in keys]))
+    )
+    assert sorted(counted.all()) == sorted(k.id for k in keys)
+    for key in keys:
+        await session.refresh(key)
+        assert key.last_used_at == now

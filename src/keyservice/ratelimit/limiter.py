@@ -123,10 +123,7 @@ class Limiter:
         decision = self._from_lease(key_id, limits, cost)
         if decision is not None:
             return decision
-        lock = self._locks.get(key_id)
-        if lock is None:
-            lock = self._locks[key_id] = asyncio.Lock()
-        async with lock:
+        async with self._lock(key_id):
             # Another request may have leased while this one waited.
             decision = self._from_lease(key_id, limits, cost)
             if decision is not None:
@@ -135,7 +132,9 @@ class Limiter:
 
     def _from_lease(self, key_id: uuid.UUID, limits: Limits, cost: int) -> Decision | None:
         lease = self._leases.get(key_id)
-        if lease is None or lease.limits != limits:
+        # A cached key passes the same Limits object every time: compared field by field only
+        # when it is another.
+        if lease is None or (lease.limits is not limits and lease.limits != limits):
             return None
         now = self._clock()
         if lease.blocked_until > now and cost >= lease.blocked_cost:
@@ -149,6 +148,13 @@ class Limiter:
                 renewal.add_done_callback(self._renewals.discard)
             return self._allowed(lease, now)
         return None
+
+    def _lock(self, key_id: uuid.UUID) -> asyncio.Lock:
+        """The key's lock: one statement at a time per key, from this instance."""
+        lock = self._locks.get(key_id)
+        if lock is None:
+            lock = self._locks[key_id] = asyncio.Lock()
+        return lock
 
     async def renewals(self) -> None:
         """Wait for the renewals under way."""
@@ -164,10 +170,7 @@ class Limiter:
         """A new lease for a key in steady use, taken while its current one still serves it, and
         replacing it when it arrives (the key has no quota: its unspent tokens have nothing to go
         back to; they count against the bucket until their window ends)."""
-        lock = self._locks.get(key_id)
-        if lock is None:
-            lock = self._locks[key_id] = asyncio.Lock()
-        async with lock:
+        async with self._lock(key_id):
             if self._leases.get(key_id) is not lease or lease.expires <= self._clock():
                 return  # renewed or expired meanwhile: the request path takes it from here
             with contextlib.suppress(Exception):  # as if not renewed: requests will lease

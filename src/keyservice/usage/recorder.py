@@ -21,7 +21,7 @@ import math
 import re
 import typing
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -123,7 +123,9 @@ class UsageRecorder:
         now = self._clock()
         hour = now.replace(minute=0, second=0, microsecond=0)
         name = (endpoint or UNSPECIFIED)[:MAX_ENDPOINT_LENGTH]
-        seen = self._endpoints.setdefault((key_id, hour), set())
+        seen = self._endpoints.get((key_id, hour))
+        if seen is None:
+            seen = self._endpoints[(key_id, hour)] = set()
         if name not in seen:
             if len(seen) >= self.max_endpoints:
                 name = OTHER
@@ -167,13 +169,8 @@ class UsageRecorder:
     ) -> list[tuple[uuid.UUID, datetime]]:
         """Write ``batch``; return the keys whose last_used_at it wrote, and when they were used."""
         name = session.get_bind().dialect.name
-        counts: list[tuple[Any, ...]] = [(*c, *n) for c, n in batch.counts.items()]
-        if len(counts) > ROWS_PER_STATEMENT:
-            # Each statement locks its rows in key order; across statements, so must the chunks
-            # be, so that concurrent flushes cannot deadlock. (UUIDs order as their integers.)
-            counts.sort(key=lambda row: (row[0].int, row[2], row[3]))
-        for start in range(0, len(counts), ROWS_PER_STATEMENT):
-            chunk = counts[start : start + ROWS_PER_STATEMENT]
+        counts = [(*counter, *counted) for counter, counted in batch.counts.items()]
+        for chunk in _in_key_order(counts, lambda row: (row[0].int, row[2], row[3])):
             await session.execute(_count_statement(name), _counts(name).bind(chunk))
         written = [
             (key_id, at)
@@ -183,11 +180,8 @@ class UsageRecorder:
         # To the second (never after the use): a flush's keys then share a handful of times,
         # each encoded once.
         touches = [(key_id, at.replace(microsecond=0)) for key_id, at in written]
-        if len(touches) > ROWS_PER_STATEMENT:
-            touches.sort(key=lambda row: row[0].int)
-        for start in range(0, len(touches), ROWS_PER_STATEMENT):
-            keys = touches[start : start + ROWS_PER_STATEMENT]
-            await session.execute(_touch_statement(name), _touches(name).bind(keys))
+        for chunk in _in_key_order(touches, lambda row: row[0].int):
+            await session.execute(_touch_statement(name), _touches(name).bind(chunk))
         limited = {
             (key_id, account_id, hour)
             for (key_id, account_id, _, hour), (_, _, rate_limited) in batch.counts.items()
@@ -293,6 +287,18 @@ class UsageRecorder:
             await self._task
             self._task = None
         await self.flush()
+
+
+def _in_key_order(
+    rows: list[tuple[Any, ...]], key: Callable[[tuple[Any, ...]], Any]
+) -> Iterator[list[tuple[Any, ...]]]:
+    """``rows`` in statements of at most ROWS_PER_STATEMENT. Each statement locks its rows in key
+    order; across statements, so must the chunks be, so that concurrent flushes cannot deadlock
+    (UUIDs order as their integers). A single statement needs no sorting here."""
+    if len(rows) > ROWS_PER_STATEMENT:
+        rows = sorted(rows, key=key)
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        yield rows[start : start + ROWS_PER_STATEMENT]
 
 
 _COUNT_COLUMNS = {
