@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     key_prefix: str = Field(default="ks", description="First part of every issued key.")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     db_pool_size: int = Field(default=20, ge=1)
+    db_connect_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="How long to wait for a new database connection before calling it an outage.",
+    )
     db_max_overflow: int = Field(
         default=0,
         ge=0,
@@ -70,6 +76,14 @@ class Settings(BaseSettings):
         "per minute, with as much burst, before it is refused; 0 disables the check.",
     )
     verify_block_seconds: int = Field(default=60, ge=1)
+    outage_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="While the database is unreachable, keys this instance has cached keep "
+        "verifying for this long from the outage's start; a revocation made meanwhile takes "
+        "effect when the database is back. 0: refuse everything (503) at once.",
+    )
 
     # Rate limits and quotas: the deployment's defaults, which applications and keys may override
     rate_limit: int | None = Field(
@@ -81,6 +95,12 @@ class Settings(BaseSettings):
 
     # Usage metering and alerts
     usage_flush_seconds: float = Field(default=1.0, gt=0, le=60)
+    usage_max_pending_rows: int = Field(
+        default=100_000,
+        ge=100,
+        description="Usage counters kept in memory while they cannot be written (database "
+        "unreachable); new ones beyond it are dropped and counted.",
+    )
     usage_max_endpoints: int = Field(
         default=50, ge=1, description="Endpoints counted apart per key and hour; the rest as other."
     )

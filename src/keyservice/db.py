@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from keyservice.availability import Availability
 from keyservice.config import Settings
 from keyservice.verification.cache import apply_committed, discard_pending
 
@@ -59,7 +60,11 @@ def create_engine(
         # Short statements only: compiling them to machine code (for any that PostgreSQL deems
         # costly, such as asyncpg's type introspection on a new connection) costs more than it
         # saves.
-        connect_args={"server_settings": {"jit": "off"}},
+        connect_args={
+            "server_settings": {"jit": "off"},
+            # An unreachable database is an outage to report, not a minute to wait.
+            "timeout": settings.db_connect_timeout_seconds,
+        },
         # Parameters (password hashes, key hashes, emails) stay out of logged errors.
         hide_parameters=True,
     )
@@ -82,6 +87,10 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request, committed before the response is sent, rolled back on error."""
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    availability: Availability = request.app.state.availability
+    if availability.down:
+        # Known to be unreachable: a clean 503 at once, rather than a wait for a connection.
+        raise availability.error()
     async with sessionmaker() as session:
         try:
             yield session

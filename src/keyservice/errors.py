@@ -223,6 +223,17 @@ class ServiceUnavailable(KeyServiceError):
     title = "Service unavailable"
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database does not answer: nothing that needs it can be done now."""
+
+    slug = "database-unavailable"
+    title = "The database is unreachable; try again shortly"
+    code = "UNAVAILABLE"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem details object."""
 
@@ -257,6 +268,10 @@ def problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
                 content = response.get("content", {})
                 if not status.startswith(("4", "5")) or "application/json" not in content:
                     continue
+                if content["application/json"].get("schema") != {
+                    "$ref": "#/components/schemas/Problem"
+                }:
+                    continue  # an answer of its own (/v1/verify's 503), not a problem
                 problem = content.setdefault(PROBLEM_MEDIA_TYPE, {})
                 problem["schema"] = {"$ref": "#/components/schemas/Problem"}
                 del content["application/json"]

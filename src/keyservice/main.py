@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+import asyncpg
+from fastapi import FastAPI, Request, Response
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,10 +21,13 @@ from keyservice.accounts.router import router as accounts_router
 from keyservice.accounts.router import sessions_router
 from keyservice.applications.router import router as applications_router
 from keyservice.audit.router import router as audit_router
+from keyservice.availability import Availability
 from keyservice.config import Settings, get_settings
 from keyservice.db import create_engine, create_sessionmaker
 from keyservice.errors import (
+    KeyServiceError,
     PayloadTooLarge,
+    error_response,
     install_error_handlers,
     problem_media_types,
     problem_response,
@@ -33,6 +40,8 @@ from keyservice.verification.cache import KeyCache, Listener
 from keyservice.verification.fastpath import VerifyFastPath
 from keyservice.verification.router import router as verification_router
 from keyservice.verification.verifier import Verifier
+
+logger = logging.getLogger(__name__)
 
 DESCRIPTION = """
 keyservice issues, verifies, rate-limits and meters API keys for your product's API.
@@ -119,6 +128,26 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
+def _install_outage_handlers(app: FastAPI, availability: Availability) -> None:
+    """A database that cannot be reached is a 503 with ``Retry-After`` (the outage logged once,
+    when it begins), on every route; any other database error stays a 500."""
+
+    async def database_error(request: Request, exc: Exception) -> Response:
+        if availability.failed(exc):
+            return error_response(request, availability.error())
+        logger.exception("unhandled database error on %s %s", request.method, request.url.path)
+        return problem_response(
+            request,
+            status=500,
+            type_uri=KeyServiceError.type_uri(),
+            title=KeyServiceError.title,
+            detail="An unexpected error occurred",
+        )
+
+    for error in (DBAPIError, OSError, asyncpg.PostgresError):
+        app.add_exception_handler(error, database_error)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -129,6 +158,7 @@ def create_app(
     key invalidations from the other instances."""
     settings = settings or get_settings()
     cache = KeyCache(max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds)
+    availability = Availability(grace_seconds=settings.outage_grace_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -136,9 +166,15 @@ def create_app(
             yield
             return
         engine = create_engine(settings)
-        app.state.sessionmaker = create_sessionmaker(engine)
-        verifier = app.state.verifier = Verifier(settings, app.state.sessionmaker, cache)
+        sessions = app.state.sessionmaker = create_sessionmaker(engine)
+        verifier = app.state.verifier = Verifier(settings, sessions, cache, availability)
         listener = Listener(engine.url, cache) if engine.dialect.name == "postgresql" else None
+
+        async def probe() -> None:
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+
+        availability.start(probe)
         try:
             if listener is not None:
                 await listener.start()
@@ -151,6 +187,7 @@ def create_app(
             await verifier.usage.stop()
             if listener is not None:
                 await listener.stop()
+            await availability.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -170,11 +207,13 @@ def create_app(
     app.state.settings = settings
     app.state.head_revision = head_revision()
     app.state.key_cache = cache
+    app.state.availability = availability
     if sessionmaker is not None:
         app.state.sessionmaker = sessionmaker
-        app.state.verifier = Verifier(settings, sessionmaker, cache)
+        app.state.verifier = Verifier(settings, sessionmaker, cache, availability)
 
     install_error_handlers(app)
+    _install_outage_handlers(app, availability)
     # The last added is the outermost: the size limit applies to the fast path too.
     app.add_middleware(VerifyFastPath)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)

@@ -28,6 +28,7 @@ from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from keyservice.availability import Availability
 from keyservice.errors import UnknownKey
 from keyservice.ratelimit import buckets
 from keyservice.ratelimit.policy import LONG_LEASE_SECONDS, Limits, RatePolicy
@@ -41,6 +42,8 @@ MAX_LOCAL_BLOCK_SECONDS = 60.0
 # A long lease used in the last fifth of its life is renewed then, in the background: a key in
 # steady use then never waits for its renewal.
 RENEW_AHEAD = 0.2
+# While the database is unreachable, an instance admits a key's rate by itself in windows this long.
+OUTAGE_WINDOW_SECONDS = 1.0
 
 
 class Refusal(StrEnum):
@@ -84,6 +87,10 @@ class _Lease:
     quota_used: int = 0
     # When to renew it ahead of its expiry (a long lease of a key without a quota), if at all.
     renew_at: float = math.inf
+    # Granted by this instance alone during a database outage: nothing of it came from the
+    # shared bucket, so nothing of it goes back there.
+    outage: bool = False
+    granted: float = 0.0
 
 
 def _seconds_to_next_month(now: datetime) -> int:
@@ -99,8 +106,10 @@ class Limiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_keys: int = 100_000,
+        availability: Availability | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
+        self.availability = availability or Availability(grace_seconds=0)
         self._clock = clock
         self._max_keys = max_keys
         self._leases: dict[uuid.UUID, _Lease] = {}
@@ -179,6 +188,11 @@ class Limiter:
     async def _lease(
         self, key_id: uuid.UUID, limits: Limits, cost: int, *, renewal: bool = False
     ) -> Decision:
+        if self.availability.down:
+            # Not asked of the database while it is known to be unreachable.
+            if renewal:
+                return Decision(limits=limits)
+            return self._outage_lease(key_id, limits, cost)
         previous = self._leases.get(key_id)
         # A key this instance has not seen yet, or whose last lease outlived its use, is used
         # now and then here: it takes a long lease, so as not to cost a write per request.
@@ -203,7 +217,7 @@ class Limiter:
         returned, unspent = 0, 0.0
         if previous is not None and not renewal:
             unspent, previous.tokens = previous.tokens, 0.0
-            returned = int(unspent) if previous.limits == limits else 0
+            returned = int(unspent) if previous.limits == limits and not previous.outage else 0
         started = self._clock()
         try:
             result = await self._take(
@@ -221,10 +235,12 @@ class Limiter:
                     create=previous is None,
                 )
             )
-        except BaseException:
+        except BaseException as exc:
             # Rolled back, or never sent: those tokens are still the previous lease's to spend.
             if previous is not None and self._leases.get(key_id) is previous:
                 previous.tokens += unspent
+            if isinstance(exc, Exception) and not renewal and self.availability.failed(exc):
+                return self._outage_lease(key_id, limits, cost)
             raise
         if result is None:
             raise UnknownKey()  # deleted while it was being verified
@@ -265,6 +281,43 @@ class Limiter:
         lease.blocked_until = started + min(block, MAX_LOCAL_BLOCK_SECONDS)
         lease.blocked_cost = cost
         return replace(self._refused(lease, max(1, math.ceil(wait))), quota_leased=leased)
+
+    def _outage_lease(self, key_id: uuid.UUID, limits: Limits, cost: int) -> Decision:
+        """While the database is unreachable (and cached keys are trusted): this instance admits
+        the key's rate by itself, in windows of ``OUTAGE_WINDOW_SECONDS``, sharing nothing with
+        the other instances (N instances admit up to N times the rate), within the monthly quota
+        as last seen here."""
+        if not self.availability.serves_cached():
+            raise self.availability.error()
+        now = self._clock()
+        previous = self._leases.get(key_id)
+        quota_used = 0
+        if previous is not None:
+            quota_used = previous.quota_used
+            if previous.outage and math.isfinite(previous.granted):
+                quota_used += int(previous.granted - previous.tokens)
+        lease = _Lease(
+            limits=limits,
+            expires=now + OUTAGE_WINDOW_SECONDS,
+            seen_at=now,
+            quota_used=quota_used,
+            outage=True,
+        )
+        tokens = math.inf
+        if limits.rate is not None:
+            tokens = min(limits.rate.burst, max(1.0, limits.rate.rate * OUTAGE_WINDOW_SECONDS))
+        quota_left = math.inf
+        if limits.monthly_quota is not None:
+            quota_left = limits.monthly_quota - quota_used
+        self._leases[key_id] = lease
+        lease.granted = min(tokens, quota_left)
+        if lease.granted >= cost:
+            lease.tokens = lease.granted - cost
+            return self._allowed(lease, now)
+        lease.refusal = Refusal.quota if quota_left < cost else Refusal.rate
+        lease.blocked_until = lease.expires
+        lease.blocked_cost = cost
+        return self._refused(lease, math.ceil(OUTAGE_WINDOW_SECONDS))
 
     async def _take(self, request: buckets.LeaseRequest) -> buckets.LeaseResult | None:
         """Lease in the next batch: requests for other keys that arrive while a batch is in

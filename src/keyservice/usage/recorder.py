@@ -6,8 +6,14 @@ written with one multi-row ``INSERT ... ON CONFLICT DO UPDATE`` per ten thousand
 transaction as the keys' ``last_used_at`` (one ``UPDATE`` per ten thousand keys; each key's at
 most once a minute per instance) and any alert events. The statements are fixed, whatever the
 number of rows (``keyservice.json_rows.JsonRows``): they are compiled once, not per flush, which
-would hold up every request for as long. A failed flush keeps its counts for the next one. A
-crash loses at most what was counted since the last flush.
+would hold up every request for as long.
+
+Nothing one row holds can stop the others: a flush the database refuses for its data is split in
+halves, each written in a transaction of its own, until the rows it refuses are alone; those are
+dropped, counted (``dropped_rows``) and logged by key, and every other row is written. A flush
+that cannot reach the database keeps its counts for the next one, up to ``max_pending_rows``
+counters (new ones beyond are dropped and counted), and is not tried while the database is known
+to be unreachable. A crash loses at most what was counted since the last flush.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from typing import Any
 from sqlalchemy import BigInteger, String, Table, Uuid, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from keyservice.availability import Availability, describe
 from keyservice.db import dialect_upsert, upsert
+from keyservice.fields import printable
 from keyservice.json_rows import JsonRows
 from keyservice.models import ApiKey, Event, UsageCounter, utcnow
 from keyservice.models.base import UTCDateTime
@@ -55,7 +63,9 @@ def endpoint_template(method: str, path: str) -> str:
     endpoint."""
     path = path.split("?", 1)[0] or "/"
     segments = ["{id}" if _ID_SEGMENT.match(s) else s for s in path.split("/")]
-    return f"{method.upper()} {'/'.join(segments)}"[:MAX_ENDPOINT_LENGTH]
+    # The client's own text (a path with %00 in it): counted, with what no database stores
+    # replaced.
+    return printable(f"{method.upper()} {'/'.join(segments)}"[:MAX_ENDPOINT_LENGTH])
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +97,20 @@ class _Batch:
     def __bool__(self) -> bool:
         return bool(self.counts or self.last_used or self.events)
 
+    def __len__(self) -> int:
+        return len(self.counts) + len(self.last_used) + len(self.events)
+
+    def halves(self) -> tuple[_Batch, _Batch]:
+        """The batch in two non-empty parts (it holds two items or more)."""
+        parts: tuple[dict[Any, Any], ...] = (self.counts, self.last_used, self.events)
+        items = [(kind, k, v) for kind, part in enumerate(parts) for k, v in part.items()]
+        halves = _Batch(), _Batch()
+        for i, (kind, k, v) in enumerate(items):
+            half = halves[0] if i < len(items) // 2 else halves[1]
+            part: dict[Any, Any] = (half.counts, half.last_used, half.events)[kind]
+            part[k] = v
+        return halves
+
 
 class UsageRecorder:
     def __init__(
@@ -95,10 +119,17 @@ class UsageRecorder:
         *,
         max_endpoints: int,
         rate_limited_alert_refusals: int,
+        max_pending_rows: int = 100_000,
+        availability: Availability | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.sessionmaker = sessionmaker
+        self.availability = availability or Availability(grace_seconds=0)
         self.max_endpoints = max_endpoints
+        self.max_pending_rows = max_pending_rows
+        # Rows the database refused for their data, and new counters beyond max_pending_rows.
+        self.dropped_rows = 0
+        self._over_bound_logged = False
         self.rate_limited_alert_refusals = rate_limited_alert_refusals
         self._clock = clock
         self._batch = _Batch()
@@ -133,6 +164,9 @@ class UsageRecorder:
                 seen.add(name)
         counter = self._batch.counts.get((key_id, account_id, name, hour))
         if counter is None:
+            if len(self._batch.counts) >= self.max_pending_rows:
+                self._over_bound()
+                return
             counter = self._batch.counts[(key_id, account_id, name, hour)] = [0, 0, 0]
         counter[0 if allowed else 1] += cost
         if rate_limited:
@@ -142,27 +176,63 @@ class UsageRecorder:
     def event(self, event: PendingEvent) -> None:
         self._batch.events[event.dedupe_key] = event
 
+    def _over_bound(self) -> None:
+        self.dropped_rows += 1
+        if not self._over_bound_logged:
+            logger.warning(
+                "usage counters waiting to be written reached %d; new ones are dropped until "
+                "they can be written",
+                self.max_pending_rows,
+            )
+            self._over_bound_logged = True
+
     async def flush(self) -> int:
-        """Write what was counted since the last flush; return the number of counter rows."""
+        """Write what was counted since the last flush; return the number of counter rows
+        written."""
         async with self._lock:
+            if not self._batch or self.availability.down:
+                return 0
             batch, self._batch = self._batch, _Batch()
-            if not batch:
-                return 0
-            try:
-                async with self.sessionmaker() as session, session.begin():
-                    written = await self._write(session, batch)
-            except BaseException as exc:
-                # Keep the counts for the next flush rather than lose them, also when the flush
-                # is cancelled mid-write (shutdown): the final flush writes them.
-                batch.merge(self._batch)
-                self._batch = batch
-                if not isinstance(exc, Exception):
-                    raise
-                logger.exception("usage flush failed; its counts are kept for the next one")
-                return 0
+            parts, written, rows = [batch], [], 0
+            while parts:
+                part = parts.pop()
+                try:
+                    async with self.sessionmaker() as session, session.begin():
+                        written += await self._write(session, part)
+                except BaseException as exc:
+                    if isinstance(exc, Exception) and not self.availability.failed(exc):
+                        if len(part) > 1:
+                            parts.extend(reversed(part.halves()))
+                        else:
+                            self._drop(part, exc)
+                        continue
+                    # Unreachable, or cancelled mid-write (shutdown): what is not written yet is
+                    # kept for the next flush (the final one writes it), not lost.
+                    for unwritten in parts:
+                        part.merge(unwritten)
+                    part.merge(self._batch)
+                    self._batch = part
+                    if not isinstance(exc, Exception):
+                        raise
+                    break
+                rows += len(part.counts)
             self._prune_endpoints()
             self._remember_written(written)
-            return len(batch.counts)
+            if not self._batch:
+                self._over_bound_logged = False
+            return rows
+
+    def _drop(self, part: _Batch, exc: Exception) -> None:
+        """A row the database refuses whatever the others: dropped, counted, and logged by its
+        key only (an endpoint is the client's text, and may hold anything)."""
+        self.dropped_rows += 1
+        key_ids: list[uuid.UUID | None] = [c[0] for c in part.counts] or [*part.last_used]
+        key_ids += [e.key_id for e in part.events.values()]
+        logger.error(
+            "usage flush dropped a row the database refuses (key %s): %s",
+            key_ids[0] if key_ids else None,
+            describe(exc),
+        )
 
     async def _write(
         self, session: AsyncSession, batch: _Batch

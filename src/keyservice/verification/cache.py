@@ -12,8 +12,11 @@ no database round trip. Correctness rests on invalidation, not on the TTL:
 - a lookup that raced with an invalidation (it read the row before the change committed and would
   store it after the entry was dropped) is not stored: ``put`` refuses entries whose lookup started
   before the latest invalidation (the cache's ``generation``);
-- if the listener's connection drops, notifications may have been missed, so the cache is cleared
-  when it reconnects; the TTL bounds the damage of anything else;
+- if the listener's connection drops, notifications may have been missed: the cache serves nothing
+  and stores nothing until it reconnects, and is cleared then. What it held is kept meanwhile for
+  one use only: while the database itself is unreachable, keys verified before keep verifying
+  for a bounded time (``get_stale``, ``keyservice.availability``); the TTL bounds the damage of
+  anything else;
 - unknown keys are never cached, so a new key verifies at once.
 """
 
@@ -34,6 +37,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyservice.availability import describe
 from keyservice.verification.service import KeyRecord
 
 logger = logging.getLogger(__name__)
@@ -92,6 +96,8 @@ class KeyCache:
         return len(self._entries)
 
     def get(self, key_hash: str) -> KeyRecord | None:
+        if not self.enabled:
+            return None
         entry = self._entries.get(key_hash)
         if entry is None:
             return None
@@ -101,6 +107,14 @@ class KeyCache:
             return None
         self._entries.move_to_end(key_hash)
         return record
+
+    def get_stale(self, key_hash: str) -> KeyRecord | None:
+        """The record as last cached, even while the cache is suspended: for a database outage,
+        when nothing fresher can be had."""
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[1] <= self._clock():
+            return None
+        return entry[0]
 
     def put(self, key_hash: str, record: KeyRecord, *, generation: int) -> None:
         """Store ``record`` unless an invalidation happened since its lookup began."""
@@ -125,8 +139,9 @@ class KeyCache:
         self._by_target.clear()
 
     def suspend(self) -> None:
+        """Serve and store nothing until ``resume``; what is held stays for ``get_stale``."""
         self.enabled = False
-        self.clear()
+        self.generation += 1
 
     def resume(self) -> None:
         self.clear()
@@ -175,6 +190,8 @@ class Listener:
         self._ping_seconds = ping_seconds
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        # Whether the loss of the connection was logged: once per loss, not once per retry.
+        self._lost_logged = False
 
     async def start(self) -> None:
         self._cache.suspend()
@@ -214,6 +231,9 @@ class Listener:
                 # Whatever happened while we were not listening is unknown: start afresh.
                 self._cache.resume()
                 self.connected.set()
+                if self._lost_logged:
+                    logger.info("invalidation listener connected again; the key cache restarts")
+                    self._lost_logged = False
                 delay = 0.5
                 while True:
                     with contextlib.suppress(TimeoutError):
@@ -227,7 +247,13 @@ class Listener:
             except Exception as exc:
                 self.connected.clear()
                 self._cache.suspend()
-                logger.warning("invalidation listener lost its connection (%s); retrying", exc)
+                if not self._lost_logged:
+                    logger.info(
+                        "invalidation listener lost its connection (%s); the key cache is off "
+                        "until it is back",
+                        describe(exc),
+                    )
+                    self._lost_logged = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             finally:

@@ -49,19 +49,29 @@ def _route_path(scope: Scope) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
+class _Unparsable(Exception):
+    """The body is no JSON this route reads; ``errors`` say why, without quoting it."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        self.errors = [{"loc": ("body",), "msg": msg, "type": "json_invalid"}]
+
+
 def _parse(raw: bytes) -> VerifyRequest:
     try:
         return VerifyRequest.model_validate_json(raw)
     except ValidationError as exc:
         if exc.errors()[0]["type"] != "json_invalid":
             raise
-        # A byte-order mark or UTF-16/32: the standard library's parser, like FastAPI's, reads
-        # them; pydantic's does not.
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise exc from None
-        return VerifyRequest.model_validate(data)
+    # A byte-order mark or UTF-16/32: the standard library's parser, like FastAPI's, reads them;
+    # pydantic's does not. Its errors are reported without the body, which may hold a key.
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise _Unparsable("JSON nested too deeply") from None
+    except ValueError:
+        raise _Unparsable("JSON decode error: the body is not valid JSON") from None
+    return VerifyRequest.model_validate(data)
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -89,7 +99,8 @@ class VerifyFastPath:
             await result(scope, receive, send)
             return
         # What result.response() sends, without building it.
-        await send({"type": "http.response.start", "status": 200, "headers": result.raw_headers()})
+        headers = result.raw_headers()
+        await send({"type": "http.response.start", "status": result.status, "headers": headers})
         await send({"type": "http.response.body", "body": result.content})
 
     async def _respond(self, scope: Scope, receive: Receive) -> Answer | Response:
@@ -122,6 +133,8 @@ class VerifyFastPath:
         except ValidationError as exc:
             errors = [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
             return validation_response(Request(scope, receive), errors)
+        except _Unparsable as exc:
+            return validation_response(Request(scope, receive), exc.errors)
         try:
             return await answer(verifier, body, headers, peer_address(scope))
         except KeyServiceError as exc:

@@ -13,6 +13,7 @@ from starlette.datastructures import Headers
 from keyservice.errors import (
     AccountForbidden,
     BadRequest,
+    DatabaseUnavailable,
     Forbidden,
     KeyServiceError,
     MissingKey,
@@ -68,7 +69,15 @@ def verified_key(verified: Verified) -> VerifiedKey:
 @router.post(
     "/v1/verify",
     response_model=VerifyResponse,
-    responses=responses(BadRequest, MissingKey, Forbidden, ValidationFailed, TooManyFailures),
+    responses={
+        **responses(BadRequest, MissingKey, Forbidden, ValidationFailed, TooManyFailures),
+        503: {
+            "model": VerifyResponse,
+            "description": "No verdict can be had: the database is unreachable and the key is "
+            "not one this instance verified before the outage. `code` is `UNAVAILABLE`; "
+            "`Retry-After` says when to try again.",
+        },
+    },
 )
 async def verify(
     request: Request,
@@ -85,11 +94,14 @@ async def verify(
     headers say where it stands. `cost` spends more than one token; `endpoint` is counted in
     the key's usage.
     A malformed request is a 422 problem; a client address that keeps failing gets 429.
+    While the database is unreachable, keys verified before the outage keep verifying for a
+    while; any other answers 503 with `code` `UNAVAILABLE` and `Retry-After`.
 
     The key goes in `key`, or in this request's `Authorization`/`x-api-key` header. When the
     deployment sets `KEYSERVICE_VERIFY_REQUIRES_AUTH`, the caller sends its own key, holding
     `keyservice:verify`, in the header, the key to check in `key`, and only keys of the caller's
-    account verify.
+    account verify. Such a caller may name its own client's address in `client_address`, by
+    which failed guesses are throttled; an anonymous caller's `client_address` is ignored.
     """
     result = await answer(verifier, body, request.headers, client_address(request))
     return result.response()
@@ -100,9 +112,16 @@ class Answer:
     # The VerifyResponse, as JSON.
     content: bytes
     headers: dict[str, str]
+    # 200 whatever the verdict; 503 when no verdict can be had (the database is unreachable).
+    status: int = 200
 
     def response(self) -> Response:
-        return Response(self.content, media_type="application/json", headers=self.headers)
+        return Response(
+            self.content,
+            status_code=self.status,
+            media_type="application/json",
+            headers=self.headers,
+        )
 
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
         """The headers ``response()`` sends, encoded as ASGI sends them."""
@@ -120,8 +139,21 @@ async def answer(
     verifier: Verifier, body: VerifyRequest, headers: Headers, peer: str | None
 ) -> Answer:
     """POST /v1/verify's answer, for the route and for its fast path alike."""
+    try:
+        return await _answer(verifier, body, headers, peer)
+    except DatabaseUnavailable as error:
+        return Answer(_serialize(_refused(error)), dict(error.headers), status=error.status)
+
+
+async def _answer(
+    verifier: Verifier, body: VerifyRequest, headers: Headers, peer: str | None
+) -> Answer:
     header_key = key_from_headers(headers)
-    address = str(body.client_address) if body.client_address else peer
+    # Failed guesses are throttled per client address: the connection's (or, behind a trusted
+    # proxy, the address it forwards), unless an authenticated caller names its own client's.
+    # An anonymous caller's `client_address` counts for nothing: it could have any address
+    # blocked, or name a new one for each guess and never be throttled.
+    address = peer
     account_id = body.account_id
     authenticated = False
     if (body.key is not None and header_key is not None) or verifier.settings.verify_requires_auth:
@@ -140,6 +172,8 @@ async def answer(
             return Answer(_serialize(_refused(UnknownKey())), {})
         account_id = caller.principal.account_id
         authenticated = True
+        if body.client_address is not None:
+            address = str(body.client_address)
         key = body.key
     elif body.key is not None:
         key = body.key
@@ -161,7 +195,7 @@ async def answer(
         refusal = _refused(error, rate_limit_state(error.decision))
         return Answer(_serialize(refusal), dict(error.headers))
     except KeyServiceError as error:
-        if error.code is None:
+        if error.code is None or isinstance(error, DatabaseUnavailable):
             raise
         return Answer(_serialize(_refused(error)), {})
     return Answer(valid_content(verified), verified.headers)

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
-from keyservice.fields import Scope
+from keyservice.fields import Endpoint, Scope
 from keyservice.models import KeyKind, Role
 from keyservice.security import Environment
 
@@ -22,6 +22,7 @@ class VerifyCode(StrEnum):
     ACCOUNT_FORBIDDEN = "ACCOUNT_FORBIDDEN"
     RATE_LIMITED = "RATE_LIMITED"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    UNAVAILABLE = "UNAVAILABLE"
 
 
 class VerifyRequest(BaseModel):
@@ -52,9 +53,8 @@ class VerifyRequest(BaseModel):
         description="The account the request acts on. Required for a user's key that reaches "
         "several accounts.",
     )
-    endpoint: str | None = Field(
+    endpoint: Endpoint | None = Field(
         default=None,
-        max_length=200,
         description='The endpoint being called, e.g. "GET /v1/contacts", for usage metering.',
     )
     cost: int = Field(
@@ -62,8 +62,10 @@ class VerifyRequest(BaseModel):
     )
     client_address: IPvAnyAddress | None = Field(
         default=None,
-        description="The address of your API's client. Failed verifications are throttled per "
-        "address; without it, per address of the caller of /verify.",
+        description="The address of your API's client, by which failed verifications are "
+        "throttled. Counted only from an authenticated caller (its own key, holding "
+        "keyservice:verify, in the request's header); otherwise ignored, and failures are "
+        "throttled per address of the caller of /verify.",
     )
 
 

@@ -16,8 +16,10 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from keyservice.availability import Availability
 from keyservice.config import Settings
 from keyservice.errors import (
+    DatabaseUnavailable,
     Forbidden,
     KeyServiceError,
     MalformedKey,
@@ -52,17 +54,24 @@ class Verified:
 
 class Verifier:
     def __init__(
-        self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], cache: KeyCache
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        cache: KeyCache,
+        availability: Availability | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.cache = cache
+        self.availability = availability or Availability(
+            grace_seconds=settings.outage_grace_seconds
+        )
         self.clock: Callable[[], datetime] = utcnow
         self.throttle = FailureThrottle(
             per_minute=settings.verify_failures_per_minute,
             block_seconds=settings.verify_block_seconds,
         )
-        self.limiter = Limiter(sessionmaker)
+        self.limiter = Limiter(sessionmaker, availability=self.availability)
         # Keys missing from the cache, waiting for the next lookup statement.
         self._lookups: dict[str, asyncio.Future[KeyRecord | None]] = {}
         self._looking_up: asyncio.Task[None] | None = None
@@ -70,6 +79,8 @@ class Verifier:
             sessionmaker,
             max_endpoints=settings.usage_max_endpoints,
             rate_limited_alert_refusals=settings.rate_limited_alert_refusals,
+            max_pending_rows=settings.usage_max_pending_rows,
+            availability=self.availability,
         )
 
     async def record(self, key_hash: str) -> KeyRecord | None:
@@ -82,6 +93,10 @@ class Verifier:
         record = self.cache.get(key_hash)
         if record is not None:
             return record
+        if self.availability.down:
+            # Not asked of the database while it is known to be unreachable: every request
+            # would wait for a connection that cannot come.
+            return self._stale(key_hash, self.availability.error())
         future = self._lookups.get(key_hash)
         if future is None:
             future = self._lookups[key_hash] = asyncio.get_running_loop().create_future()
@@ -90,7 +105,17 @@ class Verifier:
         if self._looking_up is None:
             self._looking_up = asyncio.create_task(self._lookup_batches())
         # Shielded: a request that gives up must not cancel the others' wait.
-        return await asyncio.shield(future)
+        try:
+            return await asyncio.shield(future)
+        except DatabaseUnavailable as exc:
+            return self._stale(key_hash, exc)
+
+    def _stale(self, key_hash: str, unavailable: DatabaseUnavailable) -> KeyRecord:
+        """During an outage: the key as cached before it, for as long as that may be trusted."""
+        record = self.cache.get_stale(key_hash) if self.availability.serves_cached() else None
+        if record is None:
+            raise unavailable
+        return record
 
     async def _lookup_batches(self) -> None:
         try:
@@ -104,6 +129,8 @@ class Verifier:
                     async with self.sessionmaker() as session:
                         records = await service.lookup(session, hashes, self.settings)
                 except Exception as exc:
+                    if self.availability.failed(exc):
+                        exc = self.availability.error()
                     for future in futures:
                         future.set_exception(exc)
                     continue

@@ -1,0 +1,262 @@
+"""Degraded mode: a real PostgreSQL, of the test's own, stopped under load and started again.
+
+While it is down, keys verified before keep verifying (for a bounded time), their usage is kept
+and written when it is back; anything else gets a clean 503 (``/v1/verify``: code
+``UNAVAILABLE``), never a 500 or a dropped request; ``/readyz`` says why; the log has one line
+for the outage, not one per request; everything recovers without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from conftest import IN_CI, client_for
+from factories import auth, create_application, create_key, create_tenant
+from keyservice import migrate
+from keyservice.config import Settings
+from keyservice.db import create_engine, create_sessionmaker
+from keyservice.main import create_app
+from keyservice.models import UsageCounter
+from test_cli import _free_port
+
+
+def _postgres_bin() -> Path | None:
+    found = shutil.which("initdb") or next(
+        iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None
+    )
+    return Path(found).parent if found else None
+
+
+@dataclass
+class Cluster:
+    """A PostgreSQL cluster on its own port and directory, started and stopped by the test."""
+
+    bin: Path
+    directory: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(
+            [*prefix, *command], check=True, capture_output=True, timeout=60, cwd=self.directory
+        )
+
+    def init(self) -> None:
+        self._run(
+            str(self.bin / "initdb"), "-D", str(self.directory / "data"), "-A", "trust",
+            "-U", "postgres", "--no-sync",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off"
+        )
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-o", options,
+            "-l", str(self.directory / "log"), "-w", "start",
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", mode, "-w", "stop"
+        )
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    binaries = _postgres_bin()
+    if binaries is None:
+        if IN_CI:
+            pytest.fail("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
+        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
+    directory = Path(tempfile.mkdtemp(prefix="keyservice-outage-"))
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres", "postgres")
+    cluster = Cluster(bin=binaries, directory=directory, port=_free_port())
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        subprocess.run(
+            ["pkill", "-f", f"-D {directory}/data"], check=False, capture_output=True
+        )  # whatever state the test left it in
+        with_postmaster = directory / "data" / "postmaster.pid"
+        if with_postmaster.exists():
+            try:
+                cluster.stop("immediate")
+            except subprocess.CalledProcessError:
+                pass
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class Load:
+    """Requests of every kind, in a loop, each answer noted under the current phase."""
+
+    def __init__(self, client: httpx.AsyncClient, keys: dict[str, str], owner: str) -> None:
+        self.client = client
+        self.keys = keys
+        self.owner = owner
+        self.phase = "before"
+        self.answers: Counter[tuple[str, str, int, str]] = Counter()
+        self.allowed: Counter[str] = Counter()
+        self._stop = asyncio.Event()
+
+    async def _one(self, kind: str) -> None:
+        phase = self.phase
+        if kind == "uncached" and phase in ("before", "transition"):
+            return  # verified for the first time during the outage
+        if kind in ("plain", "limited", "uncached"):
+            response = await self.client.post(
+                "/v1/verify", json={"key": self.keys[kind], "endpoint": "GET /v1/contacts"}
+            )
+        elif kind == "forward":
+            response = await self.client.get(
+                "/v1/forward-auth/v1/contacts", headers=auth(self.keys["plain"])
+            )
+        else:
+            response = await self.client.get("/v1/keys", headers=auth(self.owner))
+        body = response.json() if response.content else {}
+        what = body.get("code") or body.get("type") or "ok"
+        if response.status_code == 503:
+            assert response.headers["retry-after"].isdigit()
+        self.answers[(phase, kind, response.status_code, what)] += 1
+        if kind in ("plain", "forward") and response.status_code == 200:
+            self.allowed["plain"] += 1
+
+    async def run(self, worker: int) -> None:
+        kinds = ["plain", "limited", "forward", "uncached", "manage"]
+        n = worker
+        while not self._stop.is_set():
+            await self._one(kinds[n % len(kinds)])
+            n += 1
+            await asyncio.sleep(0.002)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def seen(self, phase: str, kind: str) -> set[tuple[int, str]]:
+        return {(s, w) for (p, k, s, w) in self.answers if p == phase and k == kind}
+
+
+async def test_a_database_outage_under_load(
+    cluster: Cluster, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    await migrate.upgrade(settings, cluster.url)
+    engine = create_engine(settings, cluster.url)
+    async with create_sessionmaker(engine)() as session:
+        tenant = await create_tenant(session)
+    await engine.dispose()
+
+    app = create_app(
+        settings.model_copy(update={"database_url": cluster.url, "usage_flush_seconds": 0.2})
+    )
+    offset = [0.0]  # the outage's clock, moved on by the test rather than waited for
+    app.state.availability.clock = lambda: time.monotonic() + offset[0]
+
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        application = await create_application(client, tenant)
+        keys = {
+            "plain": (await create_key(client, tenant, application["id"]))["key"],
+            "limited": (
+                await create_key(
+                    client,
+                    tenant,
+                    application["id"],
+                    rate_limit={"limit": 1000, "period_seconds": 1},
+                )
+            )["key"],
+            "uncached": (await create_key(client, tenant, application["id"]))["key"],
+        }
+        plain_id = uuid.UUID(
+            (await client.post("/v1/verify", json={"key": keys["plain"]})).json()["key"]["id"]
+        )
+        for kind in ("plain", "limited"):
+            assert (await client.post("/v1/verify", json={"key": keys[kind]})).json()["valid"]
+        load = Load(client, keys, tenant.owner_key)
+        workers = [asyncio.create_task(load.run(n)) for n in range(8)]
+        try:
+            await asyncio.sleep(0.5)
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                load.phase = "transition"
+                await asyncio.to_thread(cluster.stop)
+                load.phase = "down"
+                await asyncio.sleep(2.0)
+                readyz = await client.get("/readyz")
+                # Past the grace: what was cached is no longer trusted.
+                offset[0] += settings.outage_grace_seconds + 1
+                load.phase = "past grace"
+                await asyncio.sleep(0.5)
+                outage_records = list(caplog.records)
+                load.phase = "restarting"
+                await asyncio.to_thread(cluster.start)
+                started = time.monotonic()
+                while (await client.get("/readyz")).status_code != 200:
+                    assert time.monotonic() - started < 15, "no recovery without a restart"
+                    await asyncio.sleep(0.1)
+                load.phase = "after"
+                await asyncio.sleep(1.0)
+        finally:
+            load.stop()
+            await asyncio.gather(*workers)
+        recovery_records = [r for r in caplog.records if r not in outage_records]
+
+        # Down, within the grace: the keys verified before go on; nothing else pretends to.
+        assert load.seen("down", "plain") == {(200, "VALID")}
+        assert load.seen("down", "limited") == {(200, "VALID")}
+        assert load.seen("down", "forward") == {(200, "ok")}
+        assert load.seen("down", "uncached") == {(503, "UNAVAILABLE")}
+        assert load.seen("down", "manage") == {(503, "urn:keyservice:problem:database-unavailable")}
+        assert readyz.status_code == 503
+        assert "unreachable" in readyz.json()["detail"]
+        # Past the grace, cached keys too are 503.
+        assert load.seen("past grace", "plain") == {(503, "UNAVAILABLE")}
+        assert load.seen("past grace", "forward") == {
+            (503, "urn:keyservice:problem:database-unavailable")
+        }
+        # Never a 500, in any phase; the transition is one or the other answer.
+        assert not [a for a in load.answers if a[2] >= 500 and a[2] != 503]
+        assert load.seen("transition", "plain") <= {(200, "VALID")}
+        # After: everything as before, the key never seen before included.
+        assert load.seen("after", "uncached") == {(200, "VALID")}
+        assert load.seen("after", "manage") == {(200, "ok")}
+
+        # One line for the outage (and one for its end), not one per request.
+        problems = [r for r in outage_records if r.levelno >= logging.WARNING]
+        assert [r.getMessage().split(" (")[0] for r in problems] == ["database unreachable"]
+        assert not [r for r in outage_records if r.exc_info]
+        assert [
+            r.getMessage() for r in recovery_records if "reachable again" in r.getMessage()
+        ] != []
+        assert not [r for r in recovery_records if r.levelno >= logging.WARNING]
+
+        # Every verification of the plain key, during the outage too, is in its usage.
+        await app.state.verifier.usage.flush()
+        async with app.state.sessionmaker() as session:
+            counted = await session.scalar(
+                select(func.sum(UsageCounter.allowed)).where(UsageCounter.key_id == plain_id)
+            )
+        assert counted == load.allowed["plain"] + 2  # and the two before the load
+        assert app.state.verifier.usage.dropped_rows == 0
