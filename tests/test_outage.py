@@ -29,10 +29,14 @@ from sqlalchemy import func, select
 from conftest import IN_CI, client_for
 from factories import auth, create_application, create_key, create_tenant
 from keyservice import migrate
+from keyservice.availability import Availability
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
+from keyservice.errors import DatabaseUnavailable
 from keyservice.main import create_app
 from keyservice.models import UsageCounter
+from keyservice.ratelimit.limiter import Limiter, Refusal
+from keyservice.ratelimit.policy import Limits, RatePolicy
 from test_cli import _free_port
 
 
@@ -260,3 +264,35 @@ async def test_a_database_outage_under_load(
             )
         assert counted == load.allowed["plain"] + 2  # and the two before the load
         assert app.state.verifier.usage.dropped_rows == 0
+
+
+async def test_limited_keys_are_limited_by_each_instance_while_the_database_is_away(
+    settings: Settings,
+) -> None:
+    """Nothing listens on the database's port: the limiter admits the key's rate by itself, a
+    window at a time, and stops once cached keys are no longer trusted."""
+    unreachable = create_engine(
+        settings, f"postgresql+asyncpg://postgres@127.0.0.1:{_free_port()}/postgres"
+    )
+    now = [1000.0]
+    availability = Availability(grace_seconds=60, clock=lambda: now[0])
+    limiter = Limiter(
+        create_sessionmaker(unreachable), clock=lambda: now[0], availability=availability
+    )
+    limits = Limits(rate=RatePolicy(limit=5, period_seconds=1, burst=5), monthly_quota=None)
+    key_id = uuid.uuid4()
+    try:
+        verdicts = [(await limiter.check(key_id, limits)).refused for _ in range(6)]
+        assert verdicts == [None] * 5 + [Refusal.rate]
+        assert availability.down
+        now[0] += 1.0  # the next window
+        assert (await limiter.check(key_id, limits)).allowed
+        quota = Limits(rate=None, monthly_quota=3)
+        quota_key = uuid.uuid4()
+        quota_verdicts = [(await limiter.check(quota_key, quota)).refused for _ in range(4)]
+        assert quota_verdicts == [None, None, None, Refusal.quota]
+        now[0] += 60.0  # past the grace
+        with pytest.raises(DatabaseUnavailable):
+            await limiter.check(key_id, limits)
+    finally:
+        await unreachable.dispose()

@@ -291,6 +291,12 @@ class Limiter:
             raise self.availability.error()
         now = self._clock()
         previous = self._leases.get(key_id)
+        if previous is not None and previous.outage and previous.expires > now:
+            # This window's tokens are spent: the next window grants more.
+            if previous.refusal is None:
+                previous.refusal = Refusal.rate if limits.rate is not None else Refusal.quota
+            previous.blocked_until, previous.blocked_cost = previous.expires, cost
+            return self._refused(previous, math.ceil(previous.expires - now))
         quota_used = 0
         if previous is not None:
             quota_used = previous.quota_used
