@@ -384,6 +384,20 @@ def http_error_response(request: Request, exc: StarletteHTTPException) -> JSONRe
     )
 
 
+def unexpected_error_response(request: Request) -> JSONResponse:
+    """A 500 that says nothing of the error; called while handling it, which is logged."""
+    # The exception's message may quote SQL parameters; the traceback goes to the log, whose
+    # records never contain a key (only hashes reach SQL).
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        request,
+        status=500,
+        type_uri=KeyServiceError.type_uri(),
+        title=KeyServiceError.title,
+        detail="An unexpected error occurred",
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KeyServiceError)
     async def _keyservice_error(request: Request, exc: KeyServiceError) -> JSONResponse:
@@ -411,13 +425,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # The exception's message may quote SQL parameters; the traceback goes to the log, whose
-        # records never contain a key (only hashes reach SQL).
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(
-            request,
-            status=500,
-            type_uri=KeyServiceError.type_uri(),
-            title=KeyServiceError.title,
-            detail="An unexpected error occurred",
-        )
+        return unexpected_error_response(request)

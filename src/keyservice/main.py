@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -25,12 +24,12 @@ from keyservice.availability import Availability
 from keyservice.config import Settings, get_settings
 from keyservice.db import create_engine, create_sessionmaker
 from keyservice.errors import (
-    KeyServiceError,
     PayloadTooLarge,
     error_response,
     install_error_handlers,
     problem_media_types,
     problem_response,
+    unexpected_error_response,
 )
 from keyservice.health import router as health_router
 from keyservice.keys.router import router as keys_router
@@ -40,8 +39,6 @@ from keyservice.verification.cache import KeyCache, Listener
 from keyservice.verification.fastpath import VerifyFastPath
 from keyservice.verification.router import router as verification_router
 from keyservice.verification.verifier import Verifier
-
-logger = logging.getLogger(__name__)
 
 DESCRIPTION = """
 keyservice issues, verifies, rate-limits and meters API keys for your product's API.
@@ -135,14 +132,7 @@ def _install_outage_handlers(app: FastAPI, availability: Availability) -> None:
     async def database_error(request: Request, exc: Exception) -> Response:
         if availability.failed(exc):
             return error_response(request, availability.error())
-        logger.exception("unhandled database error on %s %s", request.method, request.url.path)
-        return problem_response(
-            request,
-            status=500,
-            type_uri=KeyServiceError.type_uri(),
-            title=KeyServiceError.title,
-            detail="An unexpected error occurred",
-        )
+        return unexpected_error_response(request)
 
     for error in (DBAPIError, OSError, asyncpg.PostgresError):
         app.add_exception_handler(error, database_error)
