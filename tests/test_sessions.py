@@ -3,14 +3,18 @@ wrong, and repeated failures are slowed down."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conftest import client_for
 from factories import auth, create_tenant
+from keyservice.accounts import passwords, sessions
 
 PASSWORD = "correct horse battery staple"
 
@@ -120,3 +124,32 @@ async def test_only_a_session_key_ends_a_session(
     response = await client.delete("/v1/sessions/current", headers=tenant.headers)
     assert response.status_code == 403
     assert (await client.get("/v1/account", headers=tenant.headers)).status_code == 200
+
+
+async def test_a_login_does_not_stall_the_verifications_around_it(
+    client: httpx.AsyncClient, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Argon2 runs off the event loop: while a login's password check is under way, a
+    verification is answered. (Held on the loop, the check would hold the verification too, and
+    the check waits for it.)"""
+    tenant = await create_tenant(session)
+    email = await _member(client, tenant.headers, "member")
+    answered = threading.Event()
+    checked_on: list[threading.Thread] = []
+
+    def slow_check(password: str, password_hash: str | None) -> bool:
+        checked_on.append(threading.current_thread())
+        answered.wait(timeout=10)
+        return passwords.verify_password(password, password_hash)
+
+    monkeypatch.setattr(sessions, "verify_password", slow_check)
+    login = asyncio.create_task(
+        client.post("/v1/sessions", json={"email": email, "password": PASSWORD})
+    )
+    while not checked_on:
+        await asyncio.sleep(0.001)
+    verified = await client.get("/v1/account", headers=tenant.headers)
+    answered.set()
+    assert verified.status_code == 200
+    assert (await login).status_code == 201
+    assert checked_on[0] is not threading.main_thread()

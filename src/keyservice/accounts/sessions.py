@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 from collections.abc import Sequence
@@ -95,8 +96,10 @@ async def login(
     keys = _throttle_keys(email, client_address)
     await _check_throttle(session, keys, settings, now)
     user = (await session.scalars(select(User).where(User.email == email))).first()
-    # verify_password spends the same time on an unknown email as on a wrong password.
-    if not verify_password(password, user.password_hash if user else None) or user is None:
+    # verify_password spends the same time on an unknown email as on a wrong password: tens of
+    # milliseconds of Argon2, in a thread, or every request of this instance would wait for it.
+    known_hash = user.password_hash if user else None
+    if not await asyncio.to_thread(verify_password, password, known_hash) or user is None:
         await _count_failure(session, keys, settings, now)
         raise InvalidCredentials()
     email_key = next(iter(keys))
