@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, Field, PlainValidator, StringConstraints, WithJsonSchema
 
 # NUL is refused by PostgreSQL's text types (and would be stored silently by SQLite); other control
 # characters in a name only ever hide something.
@@ -30,3 +31,20 @@ Description = Annotated[
 ]
 Scope = Annotated[str, StringConstraints(min_length=3, max_length=100, pattern=r"^[a-z0-9_:*-]+$")]
 ScopeList = Annotated[list[Scope], Field(max_length=100)]
+
+
+def _ip_address(value: object) -> IPv4Address | IPv6Address:
+    # Strictly a string: ``ipaddress`` (and pydantic's IPvAnyAddress) would take ``true`` as 0.0.0.1
+    # and an integer as the address it numbers.
+    if not isinstance(value, str):
+        raise ValueError("an IP address must be a string")
+    return ip_address(value)
+
+
+IPAddress = Annotated[
+    IPv4Address | IPv6Address,
+    PlainValidator(_ip_address),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string", "format": "ipv4"}, {"type": "string", "format": "ipv6"}]}
+    ),
+]
