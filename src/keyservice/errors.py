@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +349,30 @@ def validation_response(request: Request, raw_errors: Sequence[Any]) -> JSONResp
     )
 
 
+# The methods a 405's Allow may name: every method our routes are declared with.
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method that the request's path accepts, for a 405's ``Allow``.
+
+    Starlette answers 405 from the first route whose path matched and lists that route's methods
+    only; a path served by several routes (``GET`` here, ``PATCH`` there) accepts them all. Each
+    method is tried against the app's routes as they match requests."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
+
+
 def http_error_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
     error = _STATUS_ERRORS.get(exc.status_code)
     if error is None:
         return problem_response(
@@ -357,7 +381,7 @@ def http_error_response(request: Request, exc: StarletteHTTPException) -> JSONRe
             type_uri="about:blank",
             title=str(exc.detail),
             detail=None,
-            headers=exc.headers,
+            headers=headers,
         )
     return problem_response(
         request,
@@ -365,7 +389,7 @@ def http_error_response(request: Request, exc: StarletteHTTPException) -> JSONRe
         type_uri=error.type_uri(),
         title=error.title,
         detail=str(exc.detail) if exc.detail else None,
-        headers=exc.headers,
+        headers=headers,
     )
 
 
