@@ -179,3 +179,26 @@ async def test_control_characters_are_422_on_every_backend(
         "/v1/audit-events", params={"action": "key.\u0000"}, headers=tenant.headers
     )
     _is_problem(response, 422, "validation-error")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/sessions"),
+        ("POST", "/v1/applications"),
+        ("PATCH", "/v1/account"),
+        ("POST", "/v1/users/me/keys"),
+    ],
+)
+@pytest.mark.parametrize(
+    "body", [b'{"name": "caf\xe9"}', b"[" * 30_000], ids=["latin-1", "deep-nesting"]
+)
+async def test_a_body_that_is_not_json_is_the_documented_422(
+    client: httpx.AsyncClient, session: AsyncSession, method: str, path: str, body: bytes
+) -> None:
+    tenant = await create_tenant(session)
+    response = await client.request(
+        method, path, content=body, headers=tenant.headers | {"content-type": "application/json"}
+    )
+    _is_problem(response, 422, "validation-error")
+    assert response.json()["errors"][0]["loc"][0] == "body"

@@ -404,6 +404,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            # FastAPI answers a body that is not JSON with the 422 validation problem, except when
+            # ``json.loads`` fails otherwise than with a JSONDecodeError (bytes that are not UTF-8,
+            # nesting too deep): then with a bare 400 that no route documents. Such a body is not
+            # JSON either; it gets the same documented answer.
+            return validation_response(
+                request,
+                [{"loc": ("body",), "msg": "The body is not valid JSON", "type": "json_invalid"}],
+            )
         return http_error_response(request, exc)
 
     @app.exception_handler(IntegrityError)
