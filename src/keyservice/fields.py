@@ -6,28 +6,46 @@ import re
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, PlainValidator, StringConstraints, WithJsonSchema
+from pydantic import BeforeValidator, Field, PlainValidator, StringConstraints, WithJsonSchema
 
 # NUL is refused by PostgreSQL's text types (and would be stored silently by SQLite); other control
 # characters in a name only ever hide something.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROLS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+_CONTROL = re.compile(f"[{_CONTROLS}]")
+# What ``strip_whitespace`` strips: Unicode's White_Space.
+_SPACES = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# The documented form of what the checks below accept, as sent: no control character, and for a
+# name something besides white space.
+NAME_PATTERN = rf"^[^{_CONTROLS}]*[^{_CONTROLS}{_SPACES}][^{_CONTROLS}]*$"
+DESCRIPTION_PATTERN = rf"^[^{_CONTROLS}]*$"
 
 
-def _no_control_characters(value: str) -> str:
-    if _CONTROL.search(value):
-        raise ValueError("control characters are not allowed")
-    return value
+def _as_sent(max_length: int) -> BeforeValidator:
+    """Checks of the value as sent, before white space is stripped, so that the document's
+    ``pattern`` and ``maxLength`` say exactly what is accepted."""
+
+    def check(value: object) -> object:
+        if isinstance(value, str):
+            if _CONTROL.search(value):
+                raise ValueError("control characters are not allowed")
+            if len(value) > max_length:
+                raise ValueError(f"at most {max_length} characters")
+        return value
+
+    return BeforeValidator(check)
 
 
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    AfterValidator(_no_control_characters),
+    _as_sent(200),
+    Field(json_schema_extra={"pattern": NAME_PATTERN}),
 ]
 Description = Annotated[
     str,
     StringConstraints(strip_whitespace=True, max_length=2000),
-    AfterValidator(_no_control_characters),
+    _as_sent(2000),
+    Field(json_schema_extra={"pattern": DESCRIPTION_PATTERN}),
 ]
 Scope = Annotated[str, StringConstraints(min_length=3, max_length=100, pattern=r"^[a-z0-9_:*-]+$")]
 ScopeList = Annotated[list[Scope], Field(max_length=100)]
