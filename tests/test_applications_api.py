@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from factories import auth, create_application, create_key, create_tenant
+from keyservice.config import Settings
+from keyservice.main import create_app
 
 
 async def test_create_list_get_update(client: httpx.AsyncClient, session: AsyncSession) -> None:
@@ -62,6 +67,54 @@ async def test_invalid_applications_are_422(
     )
     assert response.status_code == 422
     assert response.json()["type"] == "urn:keyservice:problem:validation-error"
+
+
+NAMES = [
+    "Zap",
+    "  padded  ",
+    " ",
+    "\u3000",
+    "tab\there",
+    "nul\x00",
+    "vt\x0b",
+    "x" * 200,
+    " " + "x" * 200,
+]
+DESCRIPTIONS = ["", "  ", "line\nbreak", "bell\x07", "y" * 2000, "y" * 2000 + " "]
+
+
+def _documented(field: str) -> dict[str, Any]:
+    schema = create_app(Settings(_env_file=None)).openapi()["components"]["schemas"]
+    documented: dict[str, Any] = schema["ApplicationCreate"]["properties"][field]
+    return documented
+
+
+def _allowed(documented: dict[str, Any], value: str) -> bool:
+    return (
+        re.fullmatch(documented["pattern"], value) is not None
+        and len(value) <= documented["maxLength"]
+    )
+
+
+async def test_names_and_descriptions_are_accepted_as_documented(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    # The document's pattern and length say what is accepted as sent, white space and all.
+    tenant = await create_tenant(session)
+    name, description = _documented("name"), _documented("description")
+    body = {"developer_email": "dev@example.com"}
+    for value in NAMES:
+        response = await client.post(
+            "/v1/applications", headers=tenant.headers, json=body | {"name": value}
+        )
+        assert (response.status_code == 201) is _allowed(name, value), (repr(value), response.text)
+    for value in DESCRIPTIONS:
+        response = await client.post(
+            "/v1/applications",
+            headers=tenant.headers,
+            json=body | {"name": "Zap", "description": value},
+        )
+        assert (response.status_code == 201) is _allowed(description, value), repr(value)
 
 
 async def test_permissions_come_from_the_catalogue(

@@ -27,6 +27,25 @@ async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     _is_problem(await client.put("/healthz"), 405, "method-not-allowed")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/v1/account", "GET, PATCH"),
+        ("OPTIONS", "/v1/applications", "GET, POST"),
+        ("POST", "/v1/keys/00000000-0000-4000-8000-000000000000", "GET, PATCH"),
+        ("PUT", "/v1/account/members/00000000-0000-4000-8000-000000000000", "DELETE, GET, PATCH"),
+        ("GET", "/v1/sessions", "POST"),
+    ],
+)
+async def test_method_not_allowed_lists_every_method_of_the_path(
+    client: httpx.AsyncClient, method: str, path: str, allow: str
+) -> None:
+    # The path is served by one route per method; Allow names them all, not the first one's.
+    response = await client.request(method, path)
+    _is_problem(response, 405, "method-not-allowed")
+    assert response.headers["allow"] == allow
+
+
 async def test_malformed_json_is_422_without_echo(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
@@ -160,3 +179,26 @@ async def test_control_characters_are_422_on_every_backend(
         "/v1/audit-events", params={"action": "key.\u0000"}, headers=tenant.headers
     )
     _is_problem(response, 422, "validation-error")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/sessions"),
+        ("POST", "/v1/applications"),
+        ("PATCH", "/v1/account"),
+        ("POST", "/v1/users/me/keys"),
+    ],
+)
+@pytest.mark.parametrize(
+    "body", [b'{"name": "caf\xe9"}', b"[" * 30_000], ids=["latin-1", "deep-nesting"]
+)
+async def test_a_body_that_is_not_json_is_the_documented_422(
+    client: httpx.AsyncClient, session: AsyncSession, method: str, path: str, body: bytes
+) -> None:
+    tenant = await create_tenant(session)
+    response = await client.request(
+        method, path, content=body, headers=tenant.headers | {"content-type": "application/json"}
+    )
+    _is_problem(response, 422, "validation-error")
+    assert response.json()["errors"][0]["loc"][0] == "body"

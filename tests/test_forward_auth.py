@@ -9,7 +9,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from factories import create_application, create_key, create_tenant
+from keyservice.config import Settings
+from keyservice.main import create_app
 from keyservice.security import Environment, generate_key
+
+# A proxy forwards the client's method (Envoy) or its own (nginx: GET): forward-auth answers all.
+FORWARD_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
 @pytest.mark.parametrize(
@@ -22,7 +27,7 @@ from keyservice.security import Environment, generate_key
     ],
     ids=["bearer", "bare", "x-api-key", "basic-and-x-api-key"],
 )
-@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+@pytest.mark.parametrize("method", FORWARD_METHODS)
 @pytest.mark.parametrize("path", ["/v1/forward-auth", "/v1/forward-auth/v1/contacts/42"])
 async def test_allows_every_header_form_method_and_path(
     client: httpx.AsyncClient,
@@ -94,3 +99,11 @@ async def test_refusals_by_status(client: httpx.AsyncClient, session: AsyncSessi
 
     await client.post(f"/v1/keys/{created['id']}/revoke", headers=tenant.headers)
     assert await status(**key) == 401
+
+
+def test_the_document_lists_every_method_forward_auth_answers() -> None:
+    document = create_app(Settings(_env_file=None)).openapi()
+    operations = document["paths"]["/v1/forward-auth"]
+    assert sorted(operations) == sorted(m.lower() for m in FORWARD_METHODS)
+    for operation in operations.values():
+        assert {"200", "401", "403"} <= set(operation["responses"])

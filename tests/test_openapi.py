@@ -34,3 +34,15 @@ def test_every_protected_route_documents_its_errors() -> None:
                 assert status in responses, f"{method.upper()} {path} does not list {status}"
                 content = responses[status]["content"]
                 assert "application/problem+json" in content
+
+
+def test_parameters_are_present_or_absent_never_null() -> None:
+    # A client that believed "X-Account-Id: string or null" sent `X-Account-Id: null` and got 422.
+    paths = _generated()["paths"]
+    assert isinstance(paths, dict)
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                assert "null" not in json.dumps(parameter["schema"]), (
+                    f"{method.upper()} {path}: {parameter['name']} is declared nullable"
+                )

@@ -159,6 +159,21 @@ async def test_malformed_requests_are_422(client: httpx.AsyncClient, body: bytes
     assert response.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.parametrize("address", [True, 1, 3232235777, ["10.0.0.1"]])
+async def test_client_address_is_a_string_holding_an_ip_address(
+    client: httpx.AsyncClient, session: AsyncSession, address: object
+) -> None:
+    tenant = await create_tenant(session)
+    response = await client.post(
+        "/v1/verify", json={"key": tenant.owner_key, "client_address": address}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["body", "client_address"]
+    for address in ("192.0.2.1", "2001:db8::1"):
+        body = {"key": tenant.owner_key, "client_address": address}
+        assert (await _verify(client, **body))["valid"] is True
+
+
 async def test_verification_with_caller_authentication(
     client: httpx.AsyncClient, session: AsyncSession, make_app: Callable[..., FastAPI]
 ) -> None:

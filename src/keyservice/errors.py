@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -363,7 +364,30 @@ def validation_response(request: Request, raw_errors: Sequence[Any]) -> JSONResp
     )
 
 
+# The methods a 405's Allow may name: every method our routes are declared with.
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method that the request's path accepts, for a 405's ``Allow``.
+
+    Starlette answers 405 from the first route whose path matched and lists that route's methods
+    only; a path served by several routes (``GET`` here, ``PATCH`` there) accepts them all. Each
+    method is tried against the app's routes as they match requests."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
+
+
 def http_error_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
     error = _STATUS_ERRORS.get(exc.status_code)
     if error is None:
         return problem_response(
@@ -372,7 +396,7 @@ def http_error_response(request: Request, exc: StarletteHTTPException) -> JSONRe
             type_uri="about:blank",
             title=str(exc.detail),
             detail=None,
-            headers=exc.headers,
+            headers=headers,
         )
     return problem_response(
         request,
@@ -380,7 +404,7 @@ def http_error_response(request: Request, exc: StarletteHTTPException) -> JSONRe
         type_uri=error.type_uri(),
         title=error.title,
         detail=str(exc.detail) if exc.detail else None,
-        headers=exc.headers,
+        headers=headers,
     )
 
 
@@ -409,6 +433,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            # FastAPI answers a body that is not JSON with the 422 validation problem, except when
+            # ``json.loads`` fails otherwise than with a JSONDecodeError (bytes that are not UTF-8,
+            # nesting too deep): then with a bare 400 that no route documents. Such a body is not
+            # JSON either; it gets the same documented answer.
+            return validation_response(
+                request,
+                [{"loc": ("body",), "msg": "The body is not valid JSON", "type": "json_invalid"}],
+            )
         return http_error_response(request, exc)
 
     @app.exception_handler(IntegrityError)

@@ -87,6 +87,27 @@ def tuned_gc() -> Iterator[None]:
             gc.unfreeze()
 
 
+def parameters_never_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """Drop ``null`` from the schemas of path, query and header parameters in an OpenAPI document.
+
+    An optional parameter is typed ``X | None`` so that its absence reaches the route as ``None``,
+    and FastAPI documents that as "X or null". But a parameter is present or absent, never null:
+    a client that believed the document and sent ``X-Account-Id: null`` got a 422."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                declared = parameter["schema"]
+                variants = [v for v in declared.get("anyOf", ()) if v != {"type": "null"}]
+                if "anyOf" not in declared or len(variants) == len(declared["anyOf"]):
+                    continue
+                del declared["anyOf"]
+                if len(variants) == 1:
+                    declared.update(variants[0])
+                else:
+                    declared["anyOf"] = variants
+    return schema
+
+
 class BodySizeLimit:
     """Refuse request bodies over ``limit`` bytes with 413, whether declared or streamed."""
 
@@ -190,7 +211,7 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = problem_media_types(original_openapi())
+            app.openapi_schema = parameters_never_null(problem_media_types(original_openapi()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -338,26 +338,26 @@ FORWARD_RESPONSES = {
     200: {"description": "Allowed; the `X-Keyservice-*` headers describe the key."},
     **responses(*AUTH_ERRORS),
 }
-router.add_api_route(
-    "/v1/forward-auth",
-    forward_auth,
-    methods=["GET"],
-    summary="Forward-auth",
-    description=FORWARD_AUTH_DOC,
-    responses=FORWARD_RESPONSES,
-    response_class=Response,
-)
+# One route per method, each documented: the client's method is whatever the proxy forwards
+# (Envoy forwards the client's own), and one route of several methods would give them all one
+# operation id.
+for method in FORWARD_METHODS:
+    router.add_api_route(
+        "/v1/forward-auth",
+        forward_auth,
+        methods=[method],
+        summary="Forward-auth" if method == "GET" else f"Forward-auth ({method})",
+        description=FORWARD_AUTH_DOC
+        if method == "GET"
+        else "Forward-auth for a proxy that forwards the client's method: the same answers as "
+        "`GET /v1/forward-auth`.",
+        responses=FORWARD_RESPONSES,
+        response_class=Response,
+    )
 router.add_api_route(
     "/v1/forward-auth/{path:path}",
     forward_auth,
     methods=FORWARD_METHODS,
-    include_in_schema=False,
-    response_class=Response,
-)
-router.add_api_route(
-    "/v1/forward-auth",
-    forward_auth,
-    methods=[m for m in FORWARD_METHODS if m != "GET"],
     include_in_schema=False,
     response_class=Response,
 )

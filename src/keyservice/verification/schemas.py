@@ -4,9 +4,9 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
+from pydantic import BaseModel, ConfigDict, Field
 
-from keyservice.fields import Endpoint, Scope
+from keyservice.fields import Endpoint, IPAddress, Scope
 from keyservice.models import KeyKind, Role
 from keyservice.security import Environment
 
@@ -60,7 +60,7 @@ class VerifyRequest(BaseModel):
     cost: int = Field(
         default=1, ge=1, le=10_000, description="Tokens (and quota) this request spends."
     )
-    client_address: IPvAnyAddress | None = Field(
+    client_address: IPAddress | None = Field(
         default=None,
         description="The address of your API's client, by which failed verifications are "
         "throttled. Counted only from an authenticated caller (its own key, holding "
