@@ -40,7 +40,8 @@ from sqlalchemy.pool import Pool
 from keyservice.config import Settings
 from keyservice.errors import OverLimit
 from keyservice.main import create_app
-from keyservice.verification.verifier import Verified, Verifier
+from keyservice.verification.service import Verified
+from keyservice.verification.verifier import Verifier
 
 COUNTERS_PATH = "/bench/counters"
 # The name keyservice.usage.recorder.UsageRecorder.start gives its periodic task.

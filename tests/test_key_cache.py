@@ -17,9 +17,10 @@ from factories import (
     create_user,
     key_record,
 )
+from keyservice.invalidations import Target
 from keyservice.models import KeyKind, Role
 from keyservice.security import Environment, generate_key
-from keyservice.verification.cache import KeyCache, Target
+from keyservice.verification.cache import KeyCache
 
 
 async def _code(client: httpx.AsyncClient, key: str, **body: object) -> object:

@@ -16,7 +16,8 @@ from conftest import client_for
 from factories import auth, create_application, create_key, create_personal_keys, create_tenant
 from keyservice.models import ApiKey, UsageCounter
 from keyservice.usage import recorder as recorder_module
-from keyservice.usage.recorder import UsageRecorder, endpoint_template
+from keyservice.usage.recorder import UsageRecorder
+from keyservice.verification.endpoints import endpoint_template
 
 
 async def _flush(app: FastAPI) -> None:

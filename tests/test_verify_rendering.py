@@ -12,15 +12,14 @@ from factories import key_record
 from keyservice.models import KeyKind, Role
 from keyservice.ratelimit.limiter import Decision
 from keyservice.ratelimit.policy import Limits, RatePolicy
-from keyservice.verification.router import (
+from keyservice.verification.rendering import (
     Answer,
     rate_limit_state,
-    valid_content,
+    valid,
     verified_key,
 )
 from keyservice.verification.schemas import VerifyCode, VerifyResponse
-from keyservice.verification.service import NO_LIMITS, Principal
-from keyservice.verification.verifier import Verified
+from keyservice.verification.service import NO_LIMITS, Principal, Verified
 
 NOW = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 
@@ -65,8 +64,8 @@ def test_an_application_keys_answer_is_the_models(decision: Decision | None) -> 
     for grace in (False, True, False):
         verified = Verified(principal=principal, grace=grace, decision=decision)
         # The first time renders the key's part, the next ones reuse it.
-        assert valid_content(verified) == _expected(verified)
-        assert valid_content(verified) == _expected(verified)
+        assert valid(verified).content == _expected(verified)
+        assert valid(verified).content == _expected(verified)
 
 
 def test_a_personal_keys_answer_is_per_account() -> None:
@@ -91,8 +90,8 @@ def test_a_personal_keys_answer_is_per_account() -> None:
             scopes=record.account_scopes[account_id],
         )
         verified = Verified(principal=principal, grace=False)
-        answers.add(valid_content(verified))
-        assert valid_content(verified) == _expected(verified)
+        answers.add(valid(verified).content)
+        assert valid(verified).content == _expected(verified)
     assert len(answers) == 2
 
 
@@ -105,3 +104,20 @@ def test_the_fast_path_sends_the_headers_the_route_sends(headers: dict[str, str]
     that the documented route returns, in the same order."""
     answer = Answer(b'{"valid":true}', headers)
     assert answer.raw_headers() == answer.response().raw_headers
+
+
+def test_a_limited_keys_headers_and_answer_say_the_same() -> None:
+    """The headers and the JSON come from one reading of the limiter's decision."""
+    decision = DECISIONS[1]
+    assert decision is not None
+    record = key_record(limits=decision.limits)
+    assert record.account_id is not None
+    principal = Principal(key=record, account_id=record.account_id, role=None, scopes=record.scopes)
+    answer = valid(Verified(principal=principal, grace=False, decision=decision))
+    state = VerifyResponse.model_validate_json(answer.content).rate_limit
+    assert state is not None
+    assert answer.headers["X-RateLimit-Remaining"] == str(state.remaining)
+    assert answer.headers["RateLimit"] == (
+        f'"rate";r={state.remaining};t={state.reset_seconds}, '
+        f'"month";r={state.quota_remaining};t={state.quota_reset_seconds}'
+    )

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import (
 
 from keyservice.availability import Availability
 from keyservice.config import Settings
-from keyservice.verification.cache import apply_committed, discard_pending
+from keyservice.invalidations import apply_committed, discard_pending
 
 
 def _configure_sqlite(engine: AsyncEngine, *, foreign_keys: bool) -> None:

@@ -74,9 +74,10 @@ Description = Annotated[
     _as_sent(2000),
     Field(json_schema_extra={"pattern": DESCRIPTION_PATTERN}),
 ]
+MAX_ENDPOINT_LENGTH = 200
 Endpoint = Annotated[
     str,
-    StringConstraints(max_length=200),
+    StringConstraints(max_length=MAX_ENDPOINT_LENGTH),
     AfterValidator(_one_line),
     Field(json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f]*$"}),
 ]

@@ -12,10 +12,10 @@ from sqlalchemy.orm import contains_eager
 from keyservice.accounts.passwords import hash_password
 from keyservice.audit import service as audit
 from keyservice.errors import Conflict, Forbidden, NotFound
+from keyservice.invalidations import Target, invalidate
 from keyservice.models import Account, AuditEvent, KeyKind, Membership, Role, User, utcnow
 from keyservice.pagination import PageParams, paginate
 from keyservice.security import Environment, hash_key
-from keyservice.verification.cache import Target, invalidate
 from keyservice.verification.service import Principal, UserPrincipal
 
 INVITATION_PREFIX = "ksinv_"

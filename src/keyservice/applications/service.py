@@ -10,10 +10,10 @@ from keyservice import scopes as scope_rules
 from keyservice.applications.schemas import ApplicationCreate, ApplicationUpdate
 from keyservice.audit import service as audit
 from keyservice.errors import NotFound
+from keyservice.invalidations import Target, invalidate
 from keyservice.models import Application
 from keyservice.pagination import PageParams, paginate
 from keyservice.ratelimit.schemas import limit_columns
-from keyservice.verification.cache import Target, invalidate
 from keyservice.verification.service import Principal
 
 

@@ -13,12 +13,12 @@ from keyservice import scopes as scope_rules
 from keyservice.applications import service as applications_service
 from keyservice.audit import service as audit
 from keyservice.errors import Conflict, Forbidden, NotFound
+from keyservice.invalidations import Target, invalidate
 from keyservice.keys.schemas import KeyCreate, KeyUpdate
 from keyservice.models import ApiKey, Application, KeyKind, KeyStatus, utcnow
 from keyservice.pagination import PageParams, paginate
 from keyservice.ratelimit.schemas import limit_columns
 from keyservice.security import Environment, generate_key, hash_key, key_hint
-from keyservice.verification.cache import Target, invalidate
 from keyservice.verification.service import Actor, Principal, UserPrincipal
 
 MAX_GRACE = timedelta(days=7)

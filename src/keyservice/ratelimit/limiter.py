@@ -426,33 +426,3 @@ class Limiter:
         if quota is None:
             return None, None
         return max(0, quota - lease.quota_used), _seconds_to_next_month(datetime.now(UTC))
-
-
-def rate_limit_headers(decision: Decision) -> dict[str, str]:
-    """``RateLimit-Policy`` and ``RateLimit`` (IETF httpapi draft) and the ``X-RateLimit-*``
-    fields for a limited key's answer."""
-    policies, states, legacy = [], [], {}
-    limits = decision.limits
-    if limits.rate is not None:
-        rate = limits.rate
-        policies.append(f'"rate";q={rate.limit};w={rate.period_seconds}')
-        states.append(f'"rate";r={decision.remaining or 0};t={decision.reset_seconds or 0}')
-        legacy = {
-            "X-RateLimit-Limit": str(rate.limit),
-            "X-RateLimit-Remaining": str(decision.remaining or 0),
-            "X-RateLimit-Reset": str(decision.reset_seconds or 0),
-        }
-    if limits.monthly_quota is not None:
-        reset = decision.quota_reset_seconds or 0
-        policies.append(f'"month";q={limits.monthly_quota};w=2592000')
-        states.append(f'"month";r={decision.quota_remaining or 0};t={reset}')
-        if not legacy:
-            legacy = {
-                "X-RateLimit-Limit": str(limits.monthly_quota),
-                "X-RateLimit-Remaining": str(decision.quota_remaining or 0),
-                "X-RateLimit-Reset": str(reset),
-            }
-    headers = {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(states), **legacy}
-    if decision.retry_after is not None:
-        headers["Retry-After"] = str(decision.retry_after)
-    return headers

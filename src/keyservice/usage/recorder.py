@@ -24,7 +24,6 @@ import functools
 import itertools
 import logging
 import math
-import re
 import typing
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -37,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyservice.availability import Availability, describe
 from keyservice.db import dialect_upsert, upsert
-from keyservice.fields import printable
+from keyservice.fields import MAX_ENDPOINT_LENGTH
 from keyservice.json_rows import JsonRows
 from keyservice.models import ApiKey, Event, UsageCounter, utcnow
 from keyservice.models.base import UTCDateTime
@@ -46,26 +45,10 @@ logger = logging.getLogger(__name__)
 
 OTHER = "other"
 UNSPECIFIED = "unspecified"
-MAX_ENDPOINT_LENGTH = 200
 ROWS_PER_STATEMENT = 10_000
 # A key's last_used_at is written again by an instance only once it moved on by this much: a busy
 # key would otherwise cost its row an update every second. What it says lags by at most as much.
 LAST_USED_EVERY = timedelta(minutes=1)
-
-_ID_SEGMENT = re.compile(
-    r"^(\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-    r"|(?=[A-Za-z_-]*\d)[0-9A-Za-z_-]{16,})$"
-)
-
-
-def endpoint_template(method: str, path: str) -> str:
-    """``GET /v1/contacts/42?x=1`` -> ``GET /v1/contacts/{id}``: ids would make every call its own
-    endpoint."""
-    path = path.split("?", 1)[0] or "/"
-    segments = ["{id}" if _ID_SEGMENT.match(s) else s for s in path.split("/")]
-    # The client's own text (a path with %00 in it): counted, with what no database stores
-    # replaced.
-    return printable(f"{method.upper()} {'/'.join(segments)}"[:MAX_ENDPOINT_LENGTH])
 
 
 @dataclass(frozen=True, slots=True)

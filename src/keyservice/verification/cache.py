@@ -4,7 +4,8 @@ Verification looks keys up here first, so that a steady stream of requests with 
 no database round trip. Correctness rests on invalidation, not on the TTL:
 
 - every change that alters what verification would answer (revoke, rotate, rename, delete, an
-  application's permissions, a user's memberships) calls ``invalidate()`` inside its transaction.
+  application's permissions, a user's memberships) calls ``keyservice.invalidations.invalidate()``
+  inside its transaction.
   On PostgreSQL that sends ``NOTIFY keyservice_keys``, which the database delivers to every
   instance's listener when, and only if, the transaction commits. Every instance, this one included,
   drops the matching entries. The request's own instance also drops them right after its commit,
@@ -27,42 +28,17 @@ import contextlib
 import functools
 import logging
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import asyncpg
-from sqlalchemy import func, select
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.availability import describe
+from keyservice.invalidations import CHANNEL, Target
 from keyservice.verification.service import KeyRecord
 
 logger = logging.getLogger(__name__)
-
-CHANNEL = "keyservice_keys"
-PENDING = "keyservice.invalidations"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What changed: ``key``, ``application`` or ``user``, and its id."""
-
-    kind: str
-    id: uuid.UUID
-
-    def encode(self) -> str:
-        return f"{self.kind}:{self.id}"
-
-    @classmethod
-    def decode(cls, payload: str) -> Target | None:
-        kind, _, raw_id = payload.partition(":")
-        try:
-            return cls(kind, uuid.UUID(raw_id))
-        except ValueError:
-            return None
 
 
 def _targets(record: KeyRecord) -> Iterable[Target]:
@@ -157,28 +133,6 @@ class KeyCache:
                 hashes.discard(key_hash)
                 if not hashes:
                     del self._by_target[target]
-
-
-async def invalidate(session: AsyncSession, *targets: Target) -> None:
-    """Announce, within the session's transaction, that ``targets`` changed.
-
-    Delivered to every instance on commit (PostgreSQL), and applied to this instance's cache
-    by the request's session dependency right after its commit.
-    """
-    session.info.setdefault(PENDING, []).extend(targets)
-    if session.get_bind().dialect.name == "postgresql":
-        for target in targets:
-            await session.execute(select(func.pg_notify(CHANNEL, target.encode())))
-
-
-def apply_committed(session: AsyncSession, cache: KeyCache) -> None:
-    """Apply the invalidations of a just-committed session to the local cache."""
-    for target in session.info.pop(PENDING, ()):
-        cache.invalidate(target)
-
-
-def discard_pending(session: AsyncSession) -> None:
-    session.info.pop(PENDING, None)
 
 
 class Listener:

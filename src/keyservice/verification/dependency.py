@@ -28,6 +28,7 @@ from keyservice.errors import (
     UnknownKey,
     ValidationFailed,
 )
+from keyservice.verification.rendering import verified_headers
 from keyservice.verification.service import Principal, UserPrincipal
 from keyservice.verification.verifier import Verifier
 
@@ -119,7 +120,7 @@ def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
             client_address=client_address(request),
             endpoint=f"{request.method} {getattr(route, 'path', request.url.path)}",
         )
-        response.headers.update(verified.headers)
+        response.headers.update(verified_headers(verified))
         return verified.principal
 
     return dependency

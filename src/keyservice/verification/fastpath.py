@@ -27,8 +27,9 @@ from keyservice.errors import (
     http_error_response,
     validation_response,
 )
+from keyservice.verification.answer import answer
 from keyservice.verification.dependency import peer_address
-from keyservice.verification.router import Answer, answer
+from keyservice.verification.rendering import Answer
 from keyservice.verification.schemas import VerifyRequest
 from keyservice.verification.verifier import Verifier
 

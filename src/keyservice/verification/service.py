@@ -29,6 +29,7 @@ from keyservice.errors import (
 )
 from keyservice.json_rows import JsonRows
 from keyservice.models import ApiKey, Application, KeyKind, Membership, Role
+from keyservice.ratelimit.limiter import Decision
 from keyservice.ratelimit.policy import Limits, effective_limits
 from keyservice.security import Environment
 
@@ -264,6 +265,17 @@ def resolve(
         scopes=record.account_scopes[account_id],
         client_address=client_address,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A request's key, verified: who acts, on which account, within its limits."""
+
+    principal: Principal
+    # Whether the presented secret is the previous one of a rotated key, in its grace period.
+    grace: bool
+    # The rate limiter's verdict, for a key with limits.
+    decision: Decision | None = None
 
 
 # Who performs a change, for the audit trail and ownership checks.

@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -30,26 +29,14 @@ from keyservice.errors import (
     UnknownKey,
 )
 from keyservice.models import utcnow
-from keyservice.ratelimit.limiter import Decision, Limiter, Refusal, rate_limit_headers
+from keyservice.ratelimit.limiter import Decision, Limiter, Refusal
 from keyservice.security import MAX_KEY_LENGTH, KeyFormatError, hash_key, parse_key
 from keyservice.usage.recorder import UsageRecorder, quota_events
 from keyservice.verification import service
 from keyservice.verification.cache import KeyCache
-from keyservice.verification.service import KeyRecord, Principal, UserPrincipal
+from keyservice.verification.rendering import rate_limit_headers
+from keyservice.verification.service import KeyRecord, UserPrincipal, Verified
 from keyservice.verification.throttle import FailureThrottle
-
-
-@dataclass(frozen=True, slots=True)
-class Verified:
-    principal: Principal
-    # Whether the presented secret is the previous one of a rotated key, in its grace period.
-    grace: bool
-    # The rate limiter's verdict, for a key with limits.
-    decision: Decision | None = None
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return rate_limit_headers(self.decision) if self.decision is not None else {}
 
 
 class Verifier:
