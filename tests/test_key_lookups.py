@@ -10,13 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from factories import create_personal_key, create_tenant, create_user
 from keyservice.config import Settings
 from keyservice.models import Role
+from keyservice.runtime import Runtime
 from keyservice.security import Environment, generate_key, hash_key
-from keyservice.verification.cache import KeyCache
 from keyservice.verification.verifier import Verifier
 
 
 def _verifier(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> Verifier:
-    return Verifier(settings, sessionmaker, KeyCache(max_entries=1000, ttl_seconds=60))
+    return Runtime(settings, sessionmaker=sessionmaker).verifier
 
 
 def _lookups(statements: list[str]) -> list[str]:

@@ -82,7 +82,7 @@ async def test_a_row_the_database_refuses_is_dropped_alone(
     tenant = await create_tenant(session)
     application = await create_application(client, tenant)
     keys = [await create_key(client, tenant, application["id"]) for _ in range(5)]
-    recorder = UsageRecorder(sessionmaker, max_endpoints=50, rate_limited_alert_refusals=100)
+    recorder = UsageRecorder(sessionmaker, max_endpoints=50)
     for number, key in enumerate(keys):
         for endpoint in ("GET /a", "GET /b", "GET /c"):
             recorder.record(uuid.UUID(key["id"]), tenant.account.id, endpoint, allowed=True)
@@ -120,9 +120,7 @@ async def test_a_row_the_database_refuses_is_dropped_alone(
 async def test_usage_kept_for_later_is_bounded(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
-    recorder = UsageRecorder(
-        sessionmaker, max_endpoints=1000, rate_limited_alert_refusals=100, max_pending_rows=100
-    )
+    recorder = UsageRecorder(sessionmaker, max_endpoints=1000, max_pending_rows=100)
     key_id, account_id = uuid.uuid4(), uuid.uuid4()
     for number in range(150):
         recorder.record(key_id, account_id, f"GET /{number}", allowed=True)

@@ -208,9 +208,7 @@ async def test_last_used_at_follows_the_latest_use_and_never_goes_back(
         datetime(2026, 11, 21, 10, 40, tzinfo=UTC),  # another instance's older news
     ]
     now = moments[0]
-    recorder = UsageRecorder(
-        sessionmaker, max_endpoints=5, rate_limited_alert_refusals=100, clock=lambda: now
-    )
+    recorder = UsageRecorder(sessionmaker, max_endpoints=5, clock=lambda: now)
     seen = []
     for now in moments:  # noqa: B007 (the recorder's clock reads it)
         recorder.record(key.id, tenant.account.id, "GET /x", allowed=True)
@@ -236,9 +234,7 @@ async def test_last_used_at_is_written_at_most_once_a_minute(
     key = (await session.scalars(select(ApiKey).where(ApiKey.user_id == tenant.owner.id))).one()
     start = datetime(2026, 11, 21, 10, 30, 5, tzinfo=UTC)
     now = start
-    recorder = UsageRecorder(
-        sessionmaker, max_endpoints=5, rate_limited_alert_refusals=100, clock=lambda: now
-    )
+    recorder = UsageRecorder(sessionmaker, max_endpoints=5, clock=lambda: now)
     seen = []
     for seconds in (0, 1, 59, 60, 61, 125):
         now = start + timedelta(seconds=seconds)
@@ -260,7 +256,7 @@ async def test_a_key_deleted_before_the_flush_loses_only_its_own_counts(
 ) -> None:
     tenant = await create_tenant(session)
     key = (await session.scalars(select(ApiKey).where(ApiKey.user_id == tenant.owner.id))).one()
-    recorder = UsageRecorder(sessionmaker, max_endpoints=5, rate_limited_alert_refusals=100)
+    recorder = UsageRecorder(sessionmaker, max_endpoints=5)
     gone = uuid.uuid4()
     recorder.record(gone, tenant.account.id, "GET /x", allowed=True)
     recorder.record(key.id, tenant.account.id, "GET /x", allowed=True)
@@ -281,9 +277,7 @@ async def test_a_flush_larger_than_a_statement_writes_every_row(
     tenant = await create_tenant(session)
     keys = await create_personal_keys(session, tenant.owner, 8)
     now = datetime(2026, 11, 21, 10, 30, 5, tzinfo=UTC)
-    recorder = UsageRecorder(
-        sessionmaker, max_endpoints=5, rate_limited_alert_refusals=100, clock=lambda: now
-    )
+    recorder = UsageRecorder(sessionmaker, max_endpoints=5, clock=lambda: now)
     for key in reversed(keys):
         recorder.record(key.id, tenant.account.id, "GET /x", allowed=True)
     sql_statements.clear()

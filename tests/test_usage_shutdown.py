@@ -72,7 +72,7 @@ async def test_stopping_while_flushes_run_back_to_back_loses_nothing(
         key_id = (
             await session.scalars(select(ApiKey.id).where(ApiKey.user_id == tenant.owner.id))
         ).one()
-    recorder = UsageRecorder(sessionmaker, max_endpoints=50, rate_limited_alert_refusals=100)
+    recorder = UsageRecorder(sessionmaker, max_endpoints=50)
     await recorder.start(interval=0.001)  # flushing all the time
     recorded = 0
     for _ in range(40):

@@ -9,7 +9,6 @@ from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request, Response
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.exceptions import HTTPException
@@ -22,7 +21,6 @@ from keyservice.applications.router import router as applications_router
 from keyservice.audit.router import router as audit_router
 from keyservice.availability import Availability
 from keyservice.config import Settings, get_settings
-from keyservice.db import create_engine, create_sessionmaker
 from keyservice.errors import (
     PayloadTooLarge,
     error_response,
@@ -34,11 +32,10 @@ from keyservice.errors import (
 from keyservice.health import router as health_router
 from keyservice.keys.router import router as keys_router
 from keyservice.migrate import head_revision
+from keyservice.runtime import Runtime
 from keyservice.usage.router import router as usage_router
-from keyservice.verification.cache import KeyCache, Listener
 from keyservice.verification.fastpath import VerifyFastPath
 from keyservice.verification.router import router as verification_router
-from keyservice.verification.verifier import Verifier
 
 DESCRIPTION = """
 keyservice issues, verifies, rate-limits and meters API keys for your product's API.
@@ -165,41 +162,19 @@ def create_app(
     sessionmaker: async_sessionmaker[AsyncSession] | None = None,
 ) -> FastAPI:
     """Build the ASGI app. With ``sessionmaker`` the caller owns the database (tests do);
-    otherwise the app's lifespan opens and closes its own engine and, on PostgreSQL, listens for
-    key invalidations from the other instances."""
+    otherwise the app's lifespan starts and stops its runtime (``keyservice.runtime``): the
+    engine, the invalidation listener (PostgreSQL), the usage flusher and the rest."""
     settings = settings or get_settings()
-    cache = KeyCache(max_entries=settings.cache_max_entries, ttl_seconds=settings.cache_ttl_seconds)
-    availability = Availability(grace_seconds=settings.outage_grace_seconds)
+    runtime = Runtime(settings, sessionmaker=sessionmaker)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if sessionmaker is not None:
-            yield
-            return
-        engine = create_engine(settings)
-        sessions = app.state.sessionmaker = create_sessionmaker(engine)
-        verifier = app.state.verifier = Verifier(settings, sessions, cache, availability)
-        listener = Listener(engine.url, cache) if engine.dialect.name == "postgresql" else None
-
-        async def probe() -> None:
-            async with engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-
-        availability.start(probe)
+        await runtime.start()
         try:
-            if listener is not None:
-                await listener.start()
-            await verifier.usage.start(settings.usage_flush_seconds)
             with tuned_gc():
                 yield
         finally:
-            await verifier.limiter.stop()
-            # Graceful shutdown: what was counted since the last flush is written now.
-            await verifier.usage.stop()
-            if listener is not None:
-                await listener.stop()
-            await availability.stop()
-            await engine.dispose()
+            await runtime.stop()
 
     app = FastAPI(
         title="keyservice",
@@ -217,14 +192,15 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.head_revision = head_revision()
-    app.state.key_cache = cache
-    app.state.availability = availability
-    if sessionmaker is not None:
-        app.state.sessionmaker = sessionmaker
-        app.state.verifier = Verifier(settings, sessionmaker, cache, availability)
+    app.state.runtime = runtime
+    # What the routes use, by name.
+    app.state.sessionmaker = runtime.sessionmaker
+    app.state.verifier = runtime.verifier
+    app.state.key_cache = runtime.cache
+    app.state.availability = runtime.availability
 
     install_error_handlers(app)
-    _install_outage_handlers(app, availability)
+    _install_outage_handlers(app, runtime.availability)
     # The last added is the outermost: the size limit applies to the fast path too.
     app.add_middleware(VerifyFastPath)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)

@@ -23,7 +23,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import math
 import typing
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +39,9 @@ from keyservice.fields import MAX_ENDPOINT_LENGTH
 from keyservice.json_rows import JsonRows
 from keyservice.models import ApiKey, Event, UsageCounter, utcnow
 from keyservice.models.base import UTCDateTime
+from keyservice.ratelimit.limiter import Decision
+from keyservice.ratelimit.policy import Limits
+from keyservice.usage.alerts import Alerts, PendingEvent
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +51,6 @@ ROWS_PER_STATEMENT = 10_000
 # A key's last_used_at is written again by an instance only once it moved on by this much: a busy
 # key would otherwise cost its row an update every second. What it says lags by at most as much.
 LAST_USED_EVERY = timedelta(minutes=1)
-
-
-@dataclass(frozen=True, slots=True)
-class PendingEvent:
-    account_id: uuid.UUID
-    type: str
-    key_id: uuid.UUID | None
-    data: dict[str, Any]
-    dedupe_key: str
 
 
 @dataclass(slots=True)
@@ -101,7 +94,7 @@ class UsageRecorder:
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
         max_endpoints: int,
-        rate_limited_alert_refusals: int,
+        alerts: Alerts | None = None,
         max_pending_rows: int = 100_000,
         availability: Availability | None = None,
         clock: Callable[[], datetime] = utcnow,
@@ -113,7 +106,7 @@ class UsageRecorder:
         # Rows the database refused for their data, and new counters beyond max_pending_rows.
         self.dropped_rows = 0
         self._over_bound_logged = False
-        self.rate_limited_alert_refusals = rate_limited_alert_refusals
+        self.alerts = alerts or Alerts()
         self._clock = clock
         self._batch = _Batch()
         # Endpoints counted apart this hour, per key (this instance's view).
@@ -156,8 +149,12 @@ class UsageRecorder:
             counter[2] += 1
         self._batch.last_used[key_id] = now
 
-    def event(self, event: PendingEvent) -> None:
-        self._batch.events[event.dedupe_key] = event
+    def limited(
+        self, key_id: uuid.UUID, account_id: uuid.UUID, limits: Limits, decision: Decision
+    ) -> None:
+        """What the limiter decided for a request of the key: the quota alerts it raises."""
+        for event in self.alerts.quota(key_id, account_id, limits, decision):
+            self._batch.events[event.dedupe_key] = event
 
     def _over_bound(self) -> None:
         self.dropped_rows += 1
@@ -240,7 +237,7 @@ class UsageRecorder:
             for (key_id, account_id, _, hour), (_, _, rate_limited) in batch.counts.items()
             if rate_limited
         }
-        for event in self._rate_limited_events(await self._rate_limited(session, limited)):
+        for event in self.alerts.rate_limited(await self._rate_limited(session, limited)):
             batch.events.setdefault(event.dedupe_key, event)
         if batch.events:
             await self._write_events(session, batch.events.values())
@@ -263,27 +260,9 @@ class UsageRecorder:
             )
             .where(UsageCounter.key_id.in_(keys), UsageCounter.hour.in_(hours))
             .group_by(UsageCounter.key_id, UsageCounter.account_id, UsageCounter.hour)
-            .having(func.sum(UsageCounter.rate_limited) >= self.rate_limited_alert_refusals)
+            .having(func.sum(UsageCounter.rate_limited) >= self.alerts.rate_limited_refusals)
         )
         return [(k, a, h, int(n)) for k, a, h, n in rows.all()]
-
-    def _rate_limited_events(
-        self, rows: Iterable[tuple[uuid.UUID, uuid.UUID, datetime, int]]
-    ) -> Iterable[PendingEvent]:
-        for key_id, account_id, hour, refused in rows:
-            yield PendingEvent(
-                account_id=account_id,
-                type="usage.threshold",
-                key_id=key_id,
-                data={
-                    "key_id": str(key_id),
-                    "kind": "rate_limited",
-                    "hour": hour.isoformat(),
-                    "rate_limited": refused,
-                    "threshold": self.rate_limited_alert_refusals,
-                },
-                dedupe_key=f"rate_limited:{key_id}:{hour:%Y%m%d%H}",
-            )
 
     @staticmethod
     async def _write_events(session: AsyncSession, events: Iterable[PendingEvent]) -> None:
@@ -414,37 +393,3 @@ def _touch_statement(dialect: str) -> Any:
         .where(keys.c.id == locked.c.id)
         .values(last_used_at=locked.c.at, updated_at=keys.c.updated_at)
     )
-
-
-def quota_events(
-    *,
-    key_id: uuid.UUID,
-    account_id: uuid.UUID,
-    quota: int,
-    used_before: int,
-    used: int,
-    percents: Iterable[int],
-    month: str,
-) -> list[PendingEvent]:
-    """``usage.threshold`` events for the quota thresholds that ``used`` crossed."""
-    events = []
-    for percent in percents:
-        threshold = math.ceil(quota * percent / 100)
-        if used_before < threshold <= used:
-            events.append(
-                PendingEvent(
-                    account_id=account_id,
-                    type="usage.threshold",
-                    key_id=key_id,
-                    data={
-                        "key_id": str(key_id),
-                        "kind": "monthly_quota",
-                        "percent": percent,
-                        "quota": quota,
-                        "used": used,
-                        "month": month,
-                    },
-                    dedupe_key=f"quota:{key_id}:{month}:{percent}",
-                )
-            )
-    return events

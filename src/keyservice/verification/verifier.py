@@ -12,6 +12,7 @@ import itertools
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -30,8 +31,8 @@ from keyservice.errors import (
 )
 from keyservice.models import utcnow
 from keyservice.ratelimit.limiter import Decision, Limiter, Refusal
+from keyservice.ratelimit.policy import Limits
 from keyservice.security import MAX_KEY_LENGTH, KeyFormatError, hash_key, parse_key
-from keyservice.usage.recorder import UsageRecorder, quota_events
 from keyservice.verification import service
 from keyservice.verification.cache import KeyCache
 from keyservice.verification.rendering import rate_limit_headers
@@ -39,36 +40,51 @@ from keyservice.verification.service import KeyRecord, UserPrincipal, Verified
 from keyservice.verification.throttle import FailureThrottle
 
 
+class Usage(Protocol):
+    """Where verifications are counted (``keyservice.usage.recorder.UsageRecorder``)."""
+
+    def record(
+        self,
+        key_id: uuid.UUID,
+        account_id: uuid.UUID,
+        endpoint: str | None,
+        *,
+        allowed: bool,
+        rate_limited: bool = False,
+        cost: int = 1,
+    ) -> None: ...
+
+    def limited(
+        self, key_id: uuid.UUID, account_id: uuid.UUID, limits: Limits, decision: Decision
+    ) -> None: ...
+
+
 class Verifier:
+    """Verifies keys with what it is given: the cache, the lookups' sessions, the failure
+    throttle, the limiter and the usage recorder (``keyservice.runtime`` builds them)."""
+
     def __init__(
         self,
         settings: Settings,
+        *,
         sessionmaker: async_sessionmaker[AsyncSession],
         cache: KeyCache,
-        availability: Availability | None = None,
+        availability: Availability,
+        throttle: FailureThrottle,
+        limiter: Limiter,
+        usage: Usage,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.cache = cache
-        self.availability = availability or Availability(
-            grace_seconds=settings.outage_grace_seconds
-        )
+        self.availability = availability
+        self.throttle = throttle
+        self.limiter = limiter
+        self.usage = usage
         self.clock: Callable[[], datetime] = utcnow
-        self.throttle = FailureThrottle(
-            per_minute=settings.verify_failures_per_minute,
-            block_seconds=settings.verify_block_seconds,
-        )
-        self.limiter = Limiter(sessionmaker, availability=self.availability)
         # Keys missing from the cache, waiting for the next lookup statement.
         self._lookups: dict[str, asyncio.Future[KeyRecord | None]] = {}
         self._looking_up: asyncio.Task[None] | None = None
-        self.usage = UsageRecorder(
-            sessionmaker,
-            max_endpoints=settings.usage_max_endpoints,
-            rate_limited_alert_refusals=settings.rate_limited_alert_refusals,
-            max_pending_rows=settings.usage_max_pending_rows,
-            availability=self.availability,
-        )
 
     async def record(self, key_hash: str) -> KeyRecord | None:
         """The key's record: from the cache, else looked up (and cached) together with the other
@@ -177,7 +193,7 @@ class Verifier:
         decision = None
         if record.limits.limited:
             decision = await self.limiter.check(record.id, record.limits, cost)
-            self._quota_alerts(record, principal.account_id, decision)
+            self.usage.limited(record.id, principal.account_id, record.limits, decision)
             if not decision.allowed:
                 self.usage.record(
                     record.id, principal.account_id, endpoint, allowed=False, rate_limited=True
@@ -186,26 +202,6 @@ class Verifier:
                 raise error(decision, rate_limit_headers(decision))
         self.usage.record(record.id, principal.account_id, endpoint, allowed=True, cost=cost)
         return Verified(principal=principal, grace=grace, decision=decision)
-
-    def _quota_alerts(self, record: KeyRecord, account_id: uuid.UUID, decision: Decision) -> None:
-        quota = record.limits.monthly_quota
-        if quota is None or decision.quota_leased is None:
-            return  # only a lease from the shared bucket moves the quota
-        used_before, used = decision.quota_leased
-        if decision.refused is Refusal.quota:
-            # Too little left for this request: as good as used up, the 100% alert.
-            used_before, used = min(used, quota - 1), quota
-        events = quota_events(
-            key_id=record.id,
-            account_id=account_id,
-            quota=quota,
-            used_before=used_before,
-            used=used,
-            percents=self.settings.quota_alert_percents,
-            month=f"{self.clock():%Y-%m}",
-        )
-        for event in events:
-            self.usage.event(event)
 
     def _failed(self, client_address: str | None) -> None:
         # The failure that goes beyond the allowance is already answered with 429.
