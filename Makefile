@@ -10,7 +10,7 @@ PORT ?= 8000
 help:
 	@echo "make run        install, migrate the embedded SQLite database and serve on :$(PORT)"
 	@echo "make test       install dev dependencies and run the suite (SQLite and PostgreSQL)"
-	@echo "make lint       ruff (lint + format check) and mypy --strict"
+	@echo "make lint       ruff (lint + format check), mypy --strict, import-linter's contracts"
 	@echo "make bench      benchmark /v1/verify (rate limits, usage, two instances) on PostgreSQL (docs/performance.md)"
 	@echo "make openapi    regenerate openapi/openapi.json"
 	@echo "make migrate    apply migrations to KEYSERVICE_DATABASE_URL (default ./keyservice.db)"
@@ -45,6 +45,7 @@ lint: install-dev
 	$(BIN)/ruff check src tests migrations bench
 	$(BIN)/ruff format --check src tests migrations bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: install-dev
 	$(BIN)/ruff format src tests migrations bench
