@@ -290,3 +290,21 @@ async def test_a_flush_larger_than_a_statement_writes_every_row(
     for key in keys:
         await session.refresh(key)
         assert key.last_used_at == now
+
+
+async def test_the_usage_page_and_verify_report_the_same_quota_left(
+    client: httpx.AsyncClient, session: AsyncSession, app: FastAPI
+) -> None:
+    """One source of truth: the limiter's count, less what this instance leased and has not
+    spent; not the usage counters, which lag and can disagree."""
+    tenant = await create_tenant(session)
+    application = await create_application(client, tenant, monthly_quota=1000)
+    created = await create_key(client, tenant, application["id"], scopes=["contacts:read"])
+    answers = [
+        (await client.post("/v1/verify", json={"key": created["key"]})).json() for _ in range(5)
+    ]
+    # Not flushed: the usage counters have nothing yet, and the page is right all the same.
+    usage = (await client.get(f"/v1/keys/{created['id']}/usage", headers=tenant.headers)).json()
+    assert answers[-1]["rate_limit"]["quota_remaining"] == 995
+    assert usage["limits"]["quota_remaining"] == 995
+    assert usage["current_month"]["allowed"] == 0

@@ -359,3 +359,17 @@ async def lease(
         results |= await _run(session, name, missing)
         await session.commit()
     return results
+
+
+async def quota_used(session: AsyncSession, key_id: uuid.UUID) -> int:
+    """The key's quota used this month (UTC, by the database's clock), as the limiter counts
+    it: tokens spent and tokens leased to instances, not yet spent, that count against it until
+    they are given back with the next lease. The one figure that /verify's `quota_remaining` and
+    the usage page both report."""
+    dialect = _Dialect(session.get_bind().dialect.name)
+    used = await session.scalar(
+        select(case((_c.quota_month == dialect.month(), _c.quota_used), else_=literal(0))).where(
+            _c.key_id == key_id
+        )
+    )
+    return int(used or 0)

@@ -425,4 +425,21 @@ class Limiter:
         quota = lease.limits.monthly_quota
         if quota is None:
             return None, None
-        return max(0, quota - lease.quota_used), _seconds_to_next_month(datetime.now(UTC))
+        return max(0, quota - _quota_spent(lease)), _seconds_to_next_month(datetime.now(UTC))
+
+    def unspent(self, key_id: uuid.UUID, limits: Limits) -> int:
+        """Tokens this instance leased for the key and has not spent: the shared bucket counts
+        them against the quota until they are given back, with the instance's next lease."""
+        lease = self._leases.get(key_id)
+        if lease is None or lease.outage or lease.limits != limits:
+            return 0
+        return int(lease.tokens)
+
+
+def _quota_spent(lease: _Lease) -> int:
+    """The quota spent as this instance knows it: the bucket's count when the lease was taken,
+    less what is left of the lease (charged to the quota when leased, not yet spent); during an
+    outage, plus what the outage's windows admitted."""
+    if lease.outage:
+        return lease.quota_used + int(lease.granted - lease.tokens)
+    return lease.quota_used - int(lease.tokens)

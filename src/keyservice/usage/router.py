@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AwareDatetime
 
 from keyservice.config import SettingsDep
@@ -12,6 +12,7 @@ from keyservice.errors import NotFound, responses
 from keyservice.keys import service as keys_service
 from keyservice.models import utcnow
 from keyservice.pagination import Page, PageDep
+from keyservice.ratelimit.limiter import Limiter
 from keyservice.ratelimit.policy import effective_limits
 from keyservice.ratelimit.schemas import RateLimit
 from keyservice.usage import service
@@ -21,6 +22,13 @@ from keyservice.verification.service import Principal
 
 router = APIRouter(tags=["usage"])
 
+
+async def _limiter(request: Request) -> Limiter:
+    limiter: Limiter = request.app.state.runtime.limiter
+    return limiter
+
+
+LimiterDep = Annotated[Limiter, Depends(_limiter)]
 UsageReader = Annotated[Principal, Depends(require("keyservice:usage:read"))]
 GranularityQuery = Annotated[Granularity, Query(description="`hour` or `day`.")]
 StartQuery = Annotated[
@@ -35,6 +43,7 @@ async def get_key_usage(
     settings: SettingsDep,
     actor: UsageReader,
     key_id: uuid.UUID,
+    limiter: LimiterDep,
     granularity: GranularityQuery = Granularity.hour,
     start: StartQuery = None,
     end: EndQuery = None,
@@ -64,7 +73,7 @@ async def get_key_usage(
             if limits.rate
             else None,
             monthly_quota=quota,
-            quota_remaining=max(0, quota - month.allowed) if quota is not None else None,
+            quota_remaining=await service.quota_remaining(session, limiter, key.id, limits),
             quota_resets_at=service.next_month_start(utcnow()) if quota is not None else None,
         ),
     )

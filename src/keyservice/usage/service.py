@@ -15,6 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyservice.errors import ValidationFailed
 from keyservice.models import ApiKey, Event, UsageCounter, utcnow
 from keyservice.pagination import PageParams, paginate
+from keyservice.ratelimit import buckets
+from keyservice.ratelimit.limiter import Limiter
+from keyservice.ratelimit.policy import Limits
 from keyservice.usage.schemas import (
     Counts,
     EndpointCounts,
@@ -197,3 +200,14 @@ async def list_events(
     if key_id is not None:
         statement = statement.where(Event.key_id == key_id)
     return await paginate(session, statement, page, created_at=Event.created_at, id_=Event.id)
+
+
+async def quota_remaining(
+    session: AsyncSession, limiter: Limiter, key_id: uuid.UUID, limits: Limits
+) -> int | None:
+    """What the limiter would let the key spend: the shared bucket's count, less what this
+    instance holds leased and unspent, as /verify's `quota_remaining` says it."""
+    if limits.monthly_quota is None:
+        return None
+    used = await buckets.quota_used(session, key_id) - limiter.unspent(key_id, limits)
+    return max(0, limits.monthly_quota - used)
