@@ -123,7 +123,6 @@ class Limiter:
         self._leaser: asyncio.Task[None] | None = None
         self._renewals: set[asyncio.Task[None]] = set()
         self.leases_taken = 0
-        self.lease_batches = 0
 
     async def check(self, key_id: uuid.UUID, limits: Limits, cost: int = 1) -> Decision:
         if limits.rate is not None and cost > limits.rate.burst:
@@ -353,7 +352,6 @@ class Limiter:
                     for _, future in batch:
                         future.cancel()
                     raise
-                self.lease_batches += 1
                 for request, future in batch:
                     # A request that gave up waiting leaves its lease unspent: lost, never lent.
                     if not future.done():
