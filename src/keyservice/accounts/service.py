@@ -95,6 +95,7 @@ async def _lock_account(session: AsyncSession, account_id: uuid.UUID) -> None:
 
 
 async def _owner_count(session: AsyncSession, account_id: uuid.UUID) -> int:
+    """The account's owners who have joined: an owner invitation not yet accepted owns nothing."""
     return (
         await session.scalar(
             select(func.count())
@@ -106,6 +107,16 @@ async def _owner_count(session: AsyncSession, account_id: uuid.UUID) -> int:
             )
         )
         or 0
+    )
+
+
+async def _is_last_owner(session: AsyncSession, membership: Membership) -> bool:
+    """Whether ``membership`` is the one accepted owner left. A pending invitation never is: it
+    can be withdrawn or re-roled whoever else owns the account."""
+    return (
+        membership.role is Role.owner
+        and membership.active
+        and await _owner_count(session, membership.account_id) <= 1
     )
 
 
@@ -203,7 +214,7 @@ async def change_role(
     if membership.role == role:
         return membership
     _check_may_grant(actor, membership.role, role)
-    if membership.role is Role.owner and await _owner_count(session, actor.account_id) <= 1:
+    if await _is_last_owner(session, membership):
         raise Conflict("The account's last owner cannot be demoted; make someone else owner first")
     old = membership.role
     membership.role = role
@@ -226,7 +237,7 @@ async def remove_member(session: AsyncSession, actor: Principal, *, user_id: uui
         session, account_id=actor.account_id, user_id=user_id, lock=True
     )
     _check_may_grant(actor, membership.role)
-    if membership.role is Role.owner and await _owner_count(session, actor.account_id) <= 1:
+    if await _is_last_owner(session, membership):
         raise Conflict("The account's last owner cannot be removed")
     await session.delete(membership)
     await session.flush()
