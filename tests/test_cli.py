@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 KEY_RE = re.compile(r"ks_live_[0-9A-Za-z]{38}")
 
@@ -22,15 +23,17 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "keyservice", *args],
-        env=_env(tmp_path),
+        env=_env(tmp_path) if env is None else env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
+        check=check,
     )
 
 
@@ -88,3 +91,32 @@ def test_bootstrap_on_demand_creates_another_account(tmp_path: Path) -> None:
     assert len(first) >= 1
     assert len(second) >= 1
     assert first[0] != second[0]
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "bootstrap"])
+def test_production_without_a_database_says_so_in_one_line(tmp_path: Path, command: str) -> None:
+    env = _env(tmp_path) | {"KEYSERVICE_MODE": "production"}
+    del env["KEYSERVICE_DATABASE_URL"]
+    result = _cli(tmp_path, command, env=env, check=False)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "keyservice: KEYSERVICE_DATABASE_URL must be set in production mode "
+        "(the embedded SQLite default is for development)\n"
+    )
+    assert result.stdout == ""
+    assert not list(tmp_path.iterdir())  # nothing was created
+
+
+def test_a_bad_setting_is_named_without_a_traceback(tmp_path: Path) -> None:
+    env = _env(tmp_path) | {
+        "KEYSERVICE_DB_POOL_SIZE": "lots",
+        "KEYSERVICE_SCOPES": "contacts:read,leads",
+    }
+    result = _cli(tmp_path, "serve", env=env, check=False)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "keyservice: KEYSERVICE_SCOPES: invalid scope 'leads': expected resource:action",
+        "keyservice: KEYSERVICE_DB_POOL_SIZE: input should be a valid integer, unable to parse "
+        "string as an integer",
+    ]
+    assert "lots" not in result.stderr

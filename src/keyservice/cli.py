@@ -10,8 +10,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from keyservice.config import Mode, Settings, get_settings
+from keyservice.config import Mode, Settings, SettingsError, get_settings
 
 logger = logging.getLogger("keyservice")
 
@@ -124,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_openapi(args: argparse.Namespace) -> None:
     from keyservice.main import create_app
 
-    document = json.dumps(create_app(Settings()).openapi(), indent=2, sort_keys=True) + "\n"
+    document = json.dumps(create_app(get_settings()).openapi(), indent=2, sort_keys=True) + "\n"
     if args.output == "-":
         sys.stdout.write(document)
     else:
@@ -174,4 +175,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    args.func(args)
+    try:
+        args.func(args)
+    except SettingsError as exc:
+        # What is wrong with the environment, one line per variable: a traceback would bury it.
+        _refuse(str(exc), status=2)
+
+
+def _refuse(message: str, *, status: int = 1) -> NoReturn:
+    sys.stderr.write("".join(f"keyservice: {line}\n" for line in message.splitlines()))
+    sys.stderr.flush()
+    sys.exit(status)
