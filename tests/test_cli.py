@@ -120,3 +120,19 @@ def test_a_bad_setting_is_named_without_a_traceback(tmp_path: Path) -> None:
         "string as an integer",
     ]
     assert "lots" not in result.stderr
+
+
+def test_serve_on_a_busy_port_says_how_to_choose_another(tmp_path: Path) -> None:
+    with socket.socket() as other_server:
+        other_server.bind(("127.0.0.1", 0))
+        other_server.listen()
+        port = other_server.getsockname()[1]
+        result = _cli(tmp_path, "serve", "--port", str(port), check=False)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"keyservice: port {port} is in use: stop the other server or choose another port "
+        f"(make run PORT={port + 1}, or keyservice serve --port {port + 1})\n"
+    )
+    # Refused before anything started: no database, no first key.
+    assert result.stdout == ""
+    assert not (tmp_path / "keyservice.db").exists()

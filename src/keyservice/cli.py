@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -88,10 +90,38 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
     _print_first_key(secret, args.email, args.base_url)
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    """Bind the address as uvicorn will, and let it go: a busy port is told before anything
+    starts, in words that say what to do, rather than as uvicorn's errno after startup."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        _refuse(f"cannot listen on {host}: {exc.strerror}; check --host")
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                other = port + 1 if port < 65535 else port - 1
+                choose = (
+                    f"choose another port (make run PORT={other}, or keyservice serve "
+                    f"--port {other})"
+                )
+                if exc.errno == errno.EADDRINUSE:
+                    _refuse(f"port {port} is in use: stop the other server or {choose}")
+                if exc.errno == errno.EACCES:
+                    _refuse(f"port {port} needs privileges this user lacks: {choose}")
+                _refuse(f"cannot listen on {host} port {port} ({exc.strerror}); check --host")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     settings = get_settings()
+    _check_can_listen(args.host, args.port)
     if settings.is_sqlite and args.workers > 1:
         # Each worker has its own key cache, and SQLite has no NOTIFY to keep them in step: a
         # revoked key could go on verifying in another worker until the cache's TTL.
