@@ -3,6 +3,7 @@ key once with a curl to try, and serves; `keyservice bootstrap` does the same on
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import socket
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from keyservice.cli import build_parser
 
 KEY_RE = re.compile(r"ks_live_[0-9A-Za-z]{38}")
 
@@ -136,3 +139,14 @@ def test_serve_on_a_busy_port_says_how_to_choose_another(tmp_path: Path) -> None
     # Refused before anything started: no database, no first key.
     assert result.stdout == ""
     assert not (tmp_path / "keyservice.db").exists()
+
+
+def test_help_reads_as_plain_text(tmp_path: Path) -> None:
+    result = _cli(tmp_path, "--help")
+    assert result.stdout.startswith("usage: keyservice")
+    assert "issues, verifies, rate-limits and meters API keys" in result.stdout
+    texts = [result.stdout]
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    texts += [command.format_help() for command in commands.choices.values()]
+    for text in texts:
+        assert "`" not in text, text

@@ -1,4 +1,4 @@
-"""``keyservice serve | migrate | bootstrap | openapi``."""
+"""The keyservice command: serve, migrate, bootstrap, openapi."""
 
 from __future__ import annotations
 
@@ -162,11 +162,25 @@ def cmd_openapi(args: argparse.Namespace) -> None:
         Path(args.output).write_text(document)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="keyservice", description=__doc__)
+DESCRIPTION = "keyservice issues, verifies, rate-limits and meters API keys for your product's API."
+EPILOG = "Run 'keyservice COMMAND --help' for a command's options."
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> argparse.ArgumentParser:
+    # The summary in the command list, and as the description of the command's own --help.
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=summary, description=summary[:1].upper() + summary[1:] + "."
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keyservice", description=DESCRIPTION, epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve the API with uvicorn")
+    serve = _command(commands, "serve", "serve the API with uvicorn")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
@@ -180,12 +194,12 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)
 
-    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate = _command(commands, "migrate", "apply database migrations")
     migrate.add_argument("--revision", default="head")
     migrate.set_defaults(func=cmd_migrate)
 
-    bootstrap = commands.add_parser(
-        "bootstrap", help="create an account, its owner and an owner key (printed once)"
+    bootstrap = _command(
+        commands, "bootstrap", "create an account, its owner and an owner key (printed once)"
     )
     bootstrap.add_argument("--account-name", default="My company")
     bootstrap.add_argument("--email", default="owner@example.com")
@@ -198,11 +212,15 @@ def main(argv: list[str] | None = None) -> None:
     bootstrap.add_argument("--base-url", default="http://127.0.0.1:8000")
     bootstrap.set_defaults(func=cmd_bootstrap)
 
-    openapi = commands.add_parser("openapi", help="write the OpenAPI document")
+    openapi = _command(commands, "openapi", "write the OpenAPI document")
     openapi.add_argument("--output", default="openapi/openapi.json")
     openapi.set_defaults(func=cmd_openapi)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
