@@ -15,7 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import client_for
+from factories import auth
 from keyservice.cli import build_parser
+from keyservice.config import Settings
+from keyservice.main import create_app
 
 KEY_RE = re.compile(r"ks_live_[0-9A-Za-z]{38}")
 
@@ -150,3 +154,144 @@ def test_help_reads_as_plain_text(tmp_path: Path) -> None:
     texts += [command.format_help() for command in commands.choices.values()]
     for text in texts:
         assert "`" not in text, text
+
+
+def _refused(result: subprocess.CompletedProcess[str], message: str) -> None:
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == f"keyservice: {message}"
+    assert "Traceback" not in result.stderr
+    assert not KEY_RE.search(result.stdout)
+
+
+async def _get(tmp_path: Path, path: str, headers: dict[str, str]) -> httpx.Response:
+    """A request to an instance on the commands' database."""
+    settings = Settings(_env_file=None, database_url=_env(tmp_path)["KEYSERVICE_DATABASE_URL"])
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        return await client.get(path, headers=headers)
+
+
+async def _login(tmp_path: Path, email: str, password: str) -> int:
+    settings = Settings(_env_file=None, database_url=_env(tmp_path)["KEYSERVICE_DATABASE_URL"])
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        response = await client.post("/v1/sessions", json={"email": email, "password": password})
+        return response.status_code
+
+
+async def test_an_owner_who_lost_their_key_gets_a_new_one(tmp_path: Path) -> None:
+    _cli(tmp_path, "migrate")
+    [lost] = set(KEY_RE.findall(_cli(tmp_path, "bootstrap", "--email", "Ann@example.com").stdout))
+    account = (await _get(tmp_path, "/v1/account", auth(lost))).json()
+    # A member of the account, who is no owner.
+    settings = Settings(_env_file=None, database_url=_env(tmp_path)["KEYSERVICE_DATABASE_URL"])
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        response = await client.post(
+            "/v1/account/members", headers=auth(lost), json={"email": "max@example.com"}
+        )
+        assert response.status_code == 201
+
+    result = _cli(tmp_path, "issue-owner-key", "--email", "ann@example.com")
+    [key] = set(KEY_RE.findall(result.stdout))
+    assert key != lost
+    response = await _get(tmp_path, "/v1/account", auth(key))
+    assert response.status_code == 200
+    assert response.json()["id"] == account["id"]
+    # The account's audit trail says so, without the secret.
+    events = (await _get(tmp_path, "/v1/audit-events", auth(key))).json()["data"]
+    assert events[0]["action"] == "key.created"
+    assert events[0]["details"]["scopes"] == ["keyservice:*"]
+    assert events[0]["details"]["via"] == "keyservice command on the server"
+    assert key not in str(events)
+
+    result = _cli(
+        tmp_path, "issue-owner-key", "--email", "ann@example.com", "--account-id", account["id"]
+    )
+    assert KEY_RE.search(result.stdout)
+
+    _refused(
+        _cli(tmp_path, "issue-owner-key", "--email", "nobody@example.com", check=False),
+        "no user has the email nobody@example.com",
+    )
+    _refused(
+        _cli(tmp_path, "issue-owner-key", "--email", "max@example.com", check=False),
+        "max@example.com is not the owner of any account",
+    )
+    other = "00000000-0000-4000-8000-000000000000"
+    _refused(
+        _cli(
+            tmp_path,
+            "issue-owner-key",
+            "--email",
+            "ann@example.com",
+            "--account-id",
+            other,
+            check=False,
+        ),
+        f"ann@example.com is not an owner of the account {other}",
+    )
+
+
+async def test_set_password_from_the_server(tmp_path: Path) -> None:
+    _cli(tmp_path, "migrate")
+    [key] = set(KEY_RE.findall(_cli(tmp_path, "bootstrap", "--email", "ann@example.com").stdout))
+    assert await _login(tmp_path, "ann@example.com", "a long new password") == 401
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keyservice",
+            "set-password",
+            "--email",
+            "ann@example.com",
+            "--password-stdin",
+        ],
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        input="a long new password\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "a long new password" not in result.stdout + result.stderr
+    assert await _login(tmp_path, "ann@example.com", "a long new password") == 201
+    events = (await _get(tmp_path, "/v1/audit-events", auth(key))).json()["data"]
+    assert events[0]["action"] == "user.password_set"
+    assert "a long new password" not in str(events)
+
+    # Prompted twice (no terminal here, so the prompts read standard input).
+    def prompted(answers: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "keyservice", "set-password", "--email", "ann@example.com"],
+            env=_env(tmp_path),
+            cwd=tmp_path,
+            input=answers,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            start_new_session=True,  # no controlling terminal to prompt on
+        )
+
+    _refused(
+        prompted("another long one\nanother long 1\n"),
+        "the two passwords differ; nothing changed",
+    )
+    assert prompted("another long one\nanother long one\n").returncode == 0
+    assert await _login(tmp_path, "ann@example.com", "another long one") == 201
+    assert await _login(tmp_path, "ann@example.com", "a long new password") == 401
+
+    _refused(prompted("too short\ntoo short\n"), "a password has 12 to 256 characters")
+    _refused(
+        _cli(
+            tmp_path,
+            "set-password",
+            "--email",
+            "nobody@example.com",
+            "--password-stdin",
+            check=False,
+        ),
+        "no user has the email nobody@example.com",
+    )

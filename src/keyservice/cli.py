@@ -1,4 +1,4 @@
-"""The keyservice command: serve, migrate, bootstrap, openapi."""
+"""The keyservice command: serve, migrate, bootstrap, openapi, issue-owner-key, set-password."""
 
 from __future__ import annotations
 
@@ -11,10 +11,18 @@ import logging
 import os
 import socket
 import sys
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from keyservice.config import Mode, Settings, SettingsError, get_settings
+from keyservice.errors import KeyServiceError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+T = TypeVar("T")
 
 logger = logging.getLogger("keyservice")
 
@@ -60,6 +68,81 @@ async def _bootstrap(
             return secret
     finally:
         await engine.dispose()
+
+
+async def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one transaction on the configured database, committed if it succeeds."""
+    from keyservice.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            return await work(session)
+    finally:
+        await engine.dispose()
+
+
+def cmd_issue_owner_key(args: argparse.Namespace) -> None:
+    from keyservice.accounts import service as accounts_service
+
+    settings = get_settings()
+
+    async def issue(session: AsyncSession) -> tuple[str, str]:
+        key, secret = await accounts_service.issue_owner_key(
+            session, email=args.email, account_id=args.account_id, key_prefix=settings.key_prefix
+        )
+        return str(key.id), secret
+
+    key_id, secret = asyncio.run(_in_transaction(settings, issue))
+    base_url = args.base_url
+    # Straight to the terminal, never through logging, like the first key.
+    sys.stdout.write(
+        f"""
+  keyservice: new owner key for {args.email.lower()} (shown once, store it now):
+
+      {secret}
+
+  It reaches every account of {args.email.lower()}, with their role there. To revoke a lost
+  key, list the keys with this one and revoke the lost one by its id:
+
+      curl -s {base_url}/v1/users/me/keys -H "Authorization: Bearer {secret}"
+      curl -s -X POST {base_url}/v1/users/me/keys/<id>/revoke -H "Authorization: Bearer {secret}"
+
+  (This key's id: {key_id}.)
+
+"""
+    )
+    sys.stdout.flush()
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        # As `docker login --password-stdin`: the input, less the line break that ends it.
+        password = sys.stdin.read()
+        return password.removesuffix("\n").removesuffix("\r")
+    password = getpass.getpass("New password: ")
+    if getpass.getpass("New password again: ") != password:
+        _refuse("the two passwords differ; nothing changed")
+    return password
+
+
+def cmd_set_password(args: argparse.Namespace) -> None:
+    from keyservice.accounts import service as accounts_service
+
+    settings = get_settings()
+
+    async def find_user(session: AsyncSession) -> None:
+        await accounts_service.user_by_email(session, args.email)
+
+    # An unknown email is told before the password is asked for.
+    asyncio.run(_in_transaction(settings, find_user))
+    password = _read_password(args.password_stdin)
+
+    async def set_password(session: AsyncSession) -> None:
+        await accounts_service.set_password(session, email=args.email, password=password)
+
+    asyncio.run(_in_transaction(settings, set_password))
+    sys.stdout.write(f"keyservice: password set for {args.email.lower()}\n")
 
 
 def _migrate(settings: Settings, revision: str) -> None:
@@ -216,6 +299,29 @@ def build_parser() -> argparse.ArgumentParser:
     openapi.add_argument("--output", default="openapi/openapi.json")
     openapi.set_defaults(func=cmd_openapi)
 
+    owner_key = _command(
+        commands,
+        "issue-owner-key",
+        "issue a new owner key (printed once) to an account's owner who lost theirs",
+    )
+    owner_key.add_argument("--email", required=True, help="the owner's email")
+    owner_key.add_argument(
+        "--account-id",
+        type=uuid.UUID,
+        help="refuse unless the user owns this account (by default: any account)",
+    )
+    owner_key.add_argument("--base-url", default="http://127.0.0.1:8000")
+    owner_key.set_defaults(func=cmd_issue_owner_key)
+
+    set_password = _command(commands, "set-password", "set a user's password")
+    set_password.add_argument("--email", required=True, help="the user's email")
+    set_password.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input instead of prompting for it twice",
+    )
+    set_password.set_defaults(func=cmd_set_password)
+
     return parser
 
 
@@ -228,6 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         # What is wrong with the environment, one line per variable: a traceback would bury it.
         _refuse(str(exc), status=2)
+    except KeyServiceError as exc:
+        # A command refused, for a reason its user can act on (an unknown email, say).
+        _refuse(exc.detail[:1].lower() + exc.detail[1:])
 
 
 def _refuse(message: str, *, status: int = 1) -> NoReturn:

@@ -9,10 +9,20 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import contains_eager
 
+from keyservice.accounts import passwords
 from keyservice.accounts.passwords import hash_password
 from keyservice.audit import service as audit
-from keyservice.errors import Conflict, Forbidden, NotFound
-from keyservice.models import Account, AuditEvent, KeyKind, Membership, Role, User, utcnow
+from keyservice.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from keyservice.models import (
+    Account,
+    ApiKey,
+    AuditEvent,
+    KeyKind,
+    Membership,
+    Role,
+    User,
+    utcnow,
+)
 from keyservice.pagination import PageParams, paginate
 from keyservice.security import Environment, hash_key
 from keyservice.verification.cache import Target, invalidate
@@ -299,6 +309,95 @@ async def bootstrap(
     )
     await session.flush()
     return account, user, secret
+
+
+# Changes made with a keyservice command on the server say so in the audit trail.
+FROM_SERVER = "keyservice command on the server"
+
+
+async def user_by_email(session: AsyncSession, email: str) -> User:
+    user = (await session.scalars(select(User).where(User.email == email.lower()))).first()
+    if user is None:
+        raise NotFound(f"No user has the email {email.lower()}")
+    return user
+
+
+async def issue_owner_key(
+    session: AsyncSession,
+    *,
+    email: str,
+    account_id: uuid.UUID | None = None,
+    key_prefix: str,
+) -> tuple[ApiKey, str]:
+    """A new owner key (a personal key with every keyservice scope) for a user who owns an
+    account (``account_id``, if named), for when they have lost theirs: the way back that needs
+    access to the server rather than a key. Returns the key and its secret."""
+    from keyservice.keys import service as keys_service
+
+    user = await user_by_email(session, email)
+    owned = set(
+        (
+            await session.scalars(
+                select(Membership.account_id).where(
+                    Membership.user_id == user.id,
+                    Membership.role == Role.owner,
+                    Membership.accepted_at.is_not(None),
+                )
+            )
+        ).all()
+    )
+    if account_id is not None and account_id not in owned:
+        raise Forbidden(f"{user.email} is not an owner of the account {account_id}")
+    if not owned:
+        raise Forbidden(f"{user.email} is not the owner of any account")
+    key, secret = keys_service.new_key(
+        prefix=key_prefix,
+        kind=KeyKind.personal,
+        name="Owner key (issued on the server)",
+        environment=Environment.live,
+        scopes=["keyservice:*"],
+        expires_at=None,
+        user_id=user.id,
+    )
+    session.add(key)
+    await session.flush()
+    await audit.record_from_server(
+        session,
+        user_id=user.id,
+        action="key.created",
+        target_type="api_key",
+        target_id=key.id,
+        details={
+            "name": key.name,
+            "kind": key.kind.value,
+            "environment": key.environment.value,
+            "scopes": key.scopes,
+            "expires_at": None,
+            "user_id": str(user.id),
+            "via": FROM_SERVER,
+        },
+    )
+    return key, secret
+
+
+async def set_password(session: AsyncSession, *, email: str, password: str) -> User:
+    """Set a user's password from the server (it is hashed like every other)."""
+    if not passwords.MIN_LENGTH <= len(password) <= passwords.MAX_LENGTH:
+        raise ValidationFailed(
+            f"A password has {passwords.MIN_LENGTH} to {passwords.MAX_LENGTH} characters"
+        )
+    user = await user_by_email(session, email)
+    user.password_hash = await asyncio.to_thread(hash_password, password)
+    await session.flush()
+    await audit.record_from_server(
+        session,
+        user_id=user.id,
+        action="user.password_set",
+        target_type="user",
+        target_id=user.id,
+        details={"email": user.email, "via": FROM_SERVER},
+    )
+    return user
 
 
 async def has_accounts(session: AsyncSession) -> bool:

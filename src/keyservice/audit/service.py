@@ -62,6 +62,29 @@ async def record(
         )
 
 
+async def record_from_server(
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID,
+    action: str,
+    target_type: str,
+    target_id: uuid.UUID | str,
+    details: dict[str, Any],
+) -> None:
+    """Record a change to a user's things made on the server, by a keyservice command rather
+    than through the API (no key, no client address), in each account the user has joined."""
+    for account in await _joined_accounts(session, user_id) or [None]:
+        session.add(
+            AuditEvent(
+                account_id=account,
+                action=action,
+                target_type=target_type,
+                target_id=str(target_id),
+                details=details,
+            )
+        )
+
+
 async def _joined_accounts(
     session: AsyncSession, user_id: uuid.UUID | None
 ) -> Sequence[uuid.UUID | None]:
