@@ -77,3 +77,35 @@ async def test_expired_key_is_refused(
     await session.commit()
     listed = (await client.get(f"/v1/keys/{created['id']}", headers=tenant.headers)).json()
     assert listed["status"] == "expired"
+
+
+@pytest.mark.parametrize(
+    ("sent", "reason"),
+    [
+        (f" {VALID}", "the key has surrounding whitespace"),
+        (f"{VALID}\n", "the key has surrounding whitespace"),
+        (f'"{VALID}"', "the key is wrapped in quotes"),
+        (f"'{VALID}'", "the key is wrapped in quotes"),
+        (f'" {VALID}"', "the key is wrapped in quotes"),
+    ],
+    ids=["leading-space", "trailing-newline", "double-quotes", "single-quotes", "quoted-space"],
+)
+async def test_a_key_copied_with_what_surrounded_it_says_so(
+    client: httpx.AsyncClient, sent: str, reason: str
+) -> None:
+    result = (await client.post("/v1/verify", json={"key": sent})).json()
+    assert result["code"] == "MALFORMED"
+    assert reason in result["detail"]
+    assert "length" not in result["detail"]
+    assert "prefix" not in result["detail"]
+    assert VALID[8:] not in str(result)
+
+
+async def test_a_quoted_key_in_a_header_says_so(client: httpx.AsyncClient) -> None:
+    for headers in (auth(f'"{VALID}"'), {"x-api-key": f"'{VALID}'"}):
+        response = await client.get("/v1/account", headers=headers)
+        assert response.status_code == 401
+        problem = response.json()
+        assert problem["type"] == "urn:keyservice:problem:malformed-key"
+        assert "the key is wrapped in quotes" in problem["detail"]
+        assert VALID[8:] not in response.text

@@ -202,3 +202,57 @@ async def test_a_body_that_is_not_json_is_the_documented_422(
     )
     _is_problem(response, 422, "validation-error")
     assert response.json()["errors"][0]["loc"][0] == "body"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "received"),
+    [
+        (None, "the request has no Content-Type"),
+        ("text/plain", "the request's Content-Type is 'text/plain'"),
+        # What `curl -d` sends unless told otherwise.
+        (
+            "application/x-www-form-urlencoded",
+            "the request's Content-Type is 'application/x-www-form-urlencoded'",
+        ),
+    ],
+    ids=["none", "text", "form"],
+)
+async def test_a_json_body_without_its_content_type_is_told_to_send_json(
+    client: httpx.AsyncClient, session: AsyncSession, content_type: str | None, received: str
+) -> None:
+    tenant = await create_tenant(session)
+    application = await create_application(client, tenant)
+    headers = dict(tenant.headers)
+    if content_type is not None:
+        headers["content-type"] = content_type
+    attempts = [
+        ("POST", "/v1/applications", '{"name": "x", "developer_email": "a@example.com"}'),
+        ("POST", f"/v1/applications/{application['id']}/keys", '{"name": "k", "scopes": []}'),
+        ("PATCH", "/v1/account", '{"name": "Acme"}'),
+        ("POST", "/v1/users/me/keys", '{"name": "k", "scopes": []}'),
+        ("POST", "/v1/sessions", '{"email": "a@example.com", "password": "a long password"}'),
+    ]
+    for method, path, body in attempts:
+        response = await client.request(method, path, content=body.encode(), headers=headers)
+        _is_problem(response, 422, "validation-error")
+        problem = response.json()
+        assert problem["detail"] == (
+            f"body: send JSON, with the header 'Content-Type: application/json' ({received})"
+        ), path
+        assert problem["errors"] == [
+            {
+                "loc": ["body"],
+                "msg": "send JSON, with the header 'Content-Type: application/json'",
+                "type": "model_attributes_type",
+            }
+        ]
+        assert "long password" not in response.text
+
+
+async def test_json_of_the_wrong_shape_is_not_told_to_send_json(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    tenant = await create_tenant(session)
+    response = await client.post("/v1/applications", headers=tenant.headers, json=["x"])
+    _is_problem(response, 422, "validation-error")
+    assert "Content-Type" not in response.json()["detail"]

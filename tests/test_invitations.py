@@ -143,3 +143,55 @@ async def test_a_token_for_someone_else_is_useless(
         "/v1/users/me/invitations/accept", headers=auth(b), json={"token": token_for_a}
     )
     assert response.status_code == 404
+
+
+async def test_the_only_owner_withdraws_or_re_roles_a_pending_owner_invitation(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    tenant = await create_tenant(session, "Acme")
+    elsewhere = await create_tenant(session, "Elsewhere")
+    invitee = elsewhere.owner
+
+    async def invite() -> str:
+        response = await client.post(
+            "/v1/account/members",
+            headers=tenant.headers,
+            json={"email": invitee.email, "role": "owner"},
+        )
+        assert response.json()["status"] == "invited", response.text
+        return f"/v1/account/members/{invitee.id}"
+
+    path = await invite()
+    # The invitation is withdrawn: the invited user never joined, so it is no owner to keep.
+    response = await client.delete(path, headers=tenant.headers)
+    assert response.status_code == 204, response.text
+    assert (await client.get(path, headers=tenant.headers)).status_code == 404
+
+    path = await invite()
+    response = await client.patch(path, headers=tenant.headers, json={"role": "admin"})
+    assert response.status_code == 200, response.text
+    assert response.json()["role"] == "admin"
+    assert response.json()["status"] == "invited"
+    response = await client.patch(path, headers=tenant.headers, json={"role": "owner"})
+    assert response.status_code == 200, response.text
+
+    # With an owner invitation pending, the account's one real owner is still its last.
+    owner_path = f"/v1/account/members/{tenant.owner.id}"
+    response = await client.patch(owner_path, headers=tenant.headers, json={"role": "admin"})
+    assert response.status_code == 409
+    assert "last owner" in response.json()["detail"]
+    response = await client.delete(owner_path, headers=tenant.headers)
+    assert response.status_code == 409
+    assert "last owner" in response.json()["detail"]
+
+    actions = [
+        e["action"]
+        for e in (await client.get("/v1/audit-events", headers=tenant.headers)).json()["data"]
+    ]
+    assert actions[:5] == [
+        "member.role_changed",
+        "member.role_changed",
+        "member.invited",
+        "member.removed",
+        "member.invited",
+    ]

@@ -58,6 +58,15 @@ def test_every_single_character_typo_fails_the_checksum() -> None:
         (lambda k: k[:-6] + "000000", "bad checksum"),
         (lambda k: k.replace("_", "-"), "expected prefix_environment_secret"),
         (lambda k: k * 3, "too long"),
+        (lambda k: " " + k, "surrounding whitespace"),
+        (lambda k: k + "\n", "surrounding whitespace"),
+        (lambda k: f'"{k}"', "wrapped in quotes"),
+        (lambda k: f"'{k}'", "wrapped in quotes"),
+        (lambda k: f"\u201c{k}\u201d", "wrapped in quotes"),
+        (lambda k: f'"{k}', "starts or ends with a quote"),
+        (lambda k: f"{k}`", "starts or ends with a quote"),
+        (lambda k: " " * 100 + k, "surrounding whitespace"),
+        (lambda k: "Bearer " + k, "contains whitespace"),
     ],
 )
 def test_malformed_keys_are_refused_with_a_reason(

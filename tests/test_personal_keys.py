@@ -127,3 +127,66 @@ async def test_me_lists_accounts_and_roles(
         },
         {"account_id": str(second.account.id), "name": "Beta", "role": "admin", "status": "active"},
     ]
+
+
+async def test_an_owners_personal_keys_are_in_the_accounts_audit_trail(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    tenant = await create_tenant(session, "Acme")
+    other = await create_tenant(session, "Other")
+    # The owner has joined another account too.
+    response = await client.post(
+        "/v1/account/members",
+        headers=other.headers,
+        json={"email": tenant.owner.email, "role": "member"},
+    )
+    token = response.json()["invitation_token"]
+    assert (
+        await client.post(
+            "/v1/users/me/invitations/accept", headers=tenant.headers, json={"token": token}
+        )
+    ).status_code == 200
+    third = await create_tenant(session, "Third")
+    # ...nor does one whose invitation they have not accepted.
+    response = await client.post(
+        "/v1/account/members", headers=third.headers, json={"email": tenant.owner.email}
+    )
+    assert response.json()["status"] == "invited"
+    admin = await create_user(session, accounts={tenant.account.id: Role.admin})
+    admin_key = await create_personal_key(session, admin, scopes=["keyservice:audit:read"])
+
+    response = await client.post(
+        "/v1/users/me/keys",
+        headers=tenant.headers,
+        json={"name": "Back door", "scopes": ["keyservice:*"]},
+    )
+    assert response.status_code == 201, response.text
+    created = response.json()
+    path = f"/v1/users/me/keys/{created['id']}"
+    assert (
+        await client.patch(path, headers=tenant.headers, json={"name": "Deploys"})
+    ).status_code == 200
+    assert (await client.post(f"{path}/rotate", headers=tenant.headers)).status_code == 200
+    assert (await client.post(f"{path}/revoke", headers=tenant.headers)).status_code == 200
+
+    async def trail(headers: dict[str, str]) -> list[dict[str, object]]:
+        response = await client.get("/v1/audit-events", headers=headers)
+        assert response.status_code == 200, response.text
+        return [e for e in response.json()["data"] if e["target_id"] == created["id"]]
+
+    events = await trail(auth(admin_key))
+    assert [e["action"] for e in events] == [
+        "key.revoked",
+        "key.rotated",
+        "key.updated",
+        "key.created",
+    ]
+    created_event = events[-1]
+    assert created_event["actor_user_id"] == str(tenant.owner.id)
+    assert created_event["details"]["kind"] == "personal"  # type: ignore[index]
+    assert created_event["details"]["scopes"] == ["keyservice:*"]  # type: ignore[index]
+    assert events[2]["details"] == {"name": {"from": "Back door", "to": "Deploys"}}
+    assert created["key"] not in str(events)
+    # The other account the owner joined sees it too; an account they have not joined does not.
+    assert [e["action"] for e in await trail(other.headers)] == [e["action"] for e in events]
+    assert await trail(third.headers) == []

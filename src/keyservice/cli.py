@@ -1,17 +1,28 @@
-"""``keyservice serve | migrate | bootstrap | openapi``."""
+"""The keyservice command: serve, migrate, bootstrap, openapi, issue-owner-key, set-password."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import json
 import logging
 import os
+import socket
 import sys
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
-from keyservice.config import Mode, Settings, get_settings
+from keyservice.config import Mode, Settings, SettingsError, get_settings
+from keyservice.errors import KeyServiceError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+T = TypeVar("T")
 
 logger = logging.getLogger("keyservice")
 
@@ -59,6 +70,81 @@ async def _bootstrap(
         await engine.dispose()
 
 
+async def _in_transaction(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one transaction on the configured database, committed if it succeeds."""
+    from keyservice.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            return await work(session)
+    finally:
+        await engine.dispose()
+
+
+def cmd_issue_owner_key(args: argparse.Namespace) -> None:
+    from keyservice.accounts import service as accounts_service
+
+    settings = get_settings()
+
+    async def issue(session: AsyncSession) -> tuple[str, str]:
+        key, secret = await accounts_service.issue_owner_key(
+            session, email=args.email, account_id=args.account_id, key_prefix=settings.key_prefix
+        )
+        return str(key.id), secret
+
+    key_id, secret = asyncio.run(_in_transaction(settings, issue))
+    base_url = args.base_url
+    # Straight to the terminal, never through logging, like the first key.
+    sys.stdout.write(
+        f"""
+  keyservice: new owner key for {args.email.lower()} (shown once, store it now):
+
+      {secret}
+
+  It reaches every account of {args.email.lower()}, with their role there. To revoke a lost
+  key, list the keys with this one and revoke the lost one by its id:
+
+      curl -s {base_url}/v1/users/me/keys -H "Authorization: Bearer {secret}"
+      curl -s -X POST {base_url}/v1/users/me/keys/<id>/revoke -H "Authorization: Bearer {secret}"
+
+  (This key's id: {key_id}.)
+
+"""
+    )
+    sys.stdout.flush()
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        # As `docker login --password-stdin`: the input, less the line break that ends it.
+        password = sys.stdin.read()
+        return password.removesuffix("\n").removesuffix("\r")
+    password = getpass.getpass("New password: ")
+    if getpass.getpass("New password again: ") != password:
+        _refuse("the two passwords differ; nothing changed")
+    return password
+
+
+def cmd_set_password(args: argparse.Namespace) -> None:
+    from keyservice.accounts import service as accounts_service
+
+    settings = get_settings()
+
+    async def find_user(session: AsyncSession) -> None:
+        await accounts_service.user_by_email(session, args.email)
+
+    # An unknown email is told before the password is asked for.
+    asyncio.run(_in_transaction(settings, find_user))
+    password = _read_password(args.password_stdin)
+
+    async def set_password(session: AsyncSession) -> None:
+        await accounts_service.set_password(session, email=args.email, password=password)
+
+    asyncio.run(_in_transaction(settings, set_password))
+    sys.stdout.write(f"keyservice: password set for {args.email.lower()}\n")
+
+
 def _migrate(settings: Settings, revision: str) -> None:
     from keyservice import migrate
 
@@ -87,10 +173,38 @@ def cmd_bootstrap(args: argparse.Namespace) -> None:
     _print_first_key(secret, args.email, args.base_url)
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    """Bind the address as uvicorn will, and let it go: a busy port is told before anything
+    starts, in words that say what to do, rather than as uvicorn's errno after startup."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        _refuse(f"cannot listen on {host}: {exc.strerror}; check --host")
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                other = port + 1 if port < 65535 else port - 1
+                choose = (
+                    f"choose another port (make run PORT={other}, or keyservice serve "
+                    f"--port {other})"
+                )
+                if exc.errno == errno.EADDRINUSE:
+                    _refuse(f"port {port} is in use: stop the other server or {choose}")
+                if exc.errno == errno.EACCES:
+                    _refuse(f"port {port} needs privileges this user lacks: {choose}")
+                _refuse(f"cannot listen on {host} port {port} ({exc.strerror}); check --host")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     settings = get_settings()
+    _check_can_listen(args.host, args.port)
     if settings.is_sqlite and args.workers > 1:
         # Each worker has its own key cache, and SQLite has no NOTIFY to keep them in step: a
         # revoked key could go on verifying in another worker until the cache's TTL.
@@ -124,18 +238,32 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_openapi(args: argparse.Namespace) -> None:
     from keyservice.main import create_app
 
-    document = json.dumps(create_app(Settings()).openapi(), indent=2, sort_keys=True) + "\n"
+    document = json.dumps(create_app(get_settings()).openapi(), indent=2, sort_keys=True) + "\n"
     if args.output == "-":
         sys.stdout.write(document)
     else:
         Path(args.output).write_text(document)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="keyservice", description=__doc__)
+DESCRIPTION = "keyservice issues, verifies, rate-limits and meters API keys for your product's API."
+EPILOG = "Run 'keyservice COMMAND --help' for a command's options."
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> argparse.ArgumentParser:
+    # The summary in the command list, and as the description of the command's own --help.
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=summary, description=summary[:1].upper() + summary[1:] + "."
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keyservice", description=DESCRIPTION, epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve the API with uvicorn")
+    serve = _command(commands, "serve", "serve the API with uvicorn")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
@@ -149,12 +277,12 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)
 
-    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate = _command(commands, "migrate", "apply database migrations")
     migrate.add_argument("--revision", default="head")
     migrate.set_defaults(func=cmd_migrate)
 
-    bootstrap = commands.add_parser(
-        "bootstrap", help="create an account, its owner and an owner key (printed once)"
+    bootstrap = _command(
+        commands, "bootstrap", "create an account, its owner and an owner key (printed once)"
     )
     bootstrap.add_argument("--account-name", default="My company")
     bootstrap.add_argument("--email", default="owner@example.com")
@@ -167,11 +295,51 @@ def main(argv: list[str] | None = None) -> None:
     bootstrap.add_argument("--base-url", default="http://127.0.0.1:8000")
     bootstrap.set_defaults(func=cmd_bootstrap)
 
-    openapi = commands.add_parser("openapi", help="write the OpenAPI document")
+    openapi = _command(commands, "openapi", "write the OpenAPI document")
     openapi.add_argument("--output", default="openapi/openapi.json")
     openapi.set_defaults(func=cmd_openapi)
 
-    args = parser.parse_args(argv)
+    owner_key = _command(
+        commands,
+        "issue-owner-key",
+        "issue a new owner key (printed once) to an account's owner who lost theirs",
+    )
+    owner_key.add_argument("--email", required=True, help="the owner's email")
+    owner_key.add_argument(
+        "--account-id",
+        type=uuid.UUID,
+        help="refuse unless the user owns this account (by default: any account)",
+    )
+    owner_key.add_argument("--base-url", default="http://127.0.0.1:8000")
+    owner_key.set_defaults(func=cmd_issue_owner_key)
+
+    set_password = _command(commands, "set-password", "set a user's password")
+    set_password.add_argument("--email", required=True, help="the user's email")
+    set_password.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input instead of prompting for it twice",
+    )
+    set_password.set_defaults(func=cmd_set_password)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    args.func(args)
+    try:
+        args.func(args)
+    except SettingsError as exc:
+        # What is wrong with the environment, one line per variable: a traceback would bury it.
+        _refuse(str(exc), status=2)
+    except KeyServiceError as exc:
+        # A command refused, for a reason its user can act on (an unknown email, say).
+        _refuse(exc.detail[:1].lower() + exc.detail[1:])
+
+
+def _refuse(message: str, *, status: int = 1) -> NoReturn:
+    sys.stderr.write("".join(f"keyservice: {line}\n" for line in message.splitlines()))
+    sys.stderr.flush()
+    sys.exit(status)

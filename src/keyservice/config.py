@@ -8,9 +8,10 @@ from functools import lru_cache
 from typing import Annotated, Self
 
 from fastapi import Depends, Request
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+ENV_PREFIX = "KEYSERVICE_"
 SQLITE_DEFAULT_URL = "sqlite+aiosqlite:///./keyservice.db"
 
 DEFAULT_SCOPES = tuple(
@@ -29,7 +30,7 @@ class Mode(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KEYSERVICE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     mode: Mode = Mode.development
     database_url: str | None = Field(
@@ -136,9 +137,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_prefix(cls, value: str) -> str:
         if not PREFIX_RE.match(value):
-            raise ValueError(
-                "key_prefix must be 1-16 lowercase letters or digits, starting with a letter"
-            )
+            raise ValueError("must be 1-16 lowercase letters or digits, starting with a letter")
         return value
 
     @model_validator(mode="after")
@@ -159,9 +158,36 @@ class Settings(BaseSettings):
         return self.effective_database_url.startswith("sqlite")
 
 
+class SettingsError(Exception):
+    """The environment's settings are not valid. The message has a line per problem, each
+    naming its variable; it quotes no value that was read (a database URL holds a password)."""
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        ctx = problem.get("ctx") or {}
+        # A validator's own words, without pydantic's "Value error, " in front of them.
+        if problem["type"] == "value_error":
+            message = str(ctx["error"])
+        else:
+            message = problem["msg"][:1].lower() + problem["msg"][1:]
+        loc = problem.get("loc", ())
+        lines.append(f"{ENV_PREFIX}{str(loc[0]).upper()}: {message}" if loc else message)
+    return "\n".join(lines)
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; ``SettingsError`` saying what is wrong otherwise."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()
 
 
 async def _app_settings(request: Request) -> Settings:

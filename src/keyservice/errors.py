@@ -346,6 +346,26 @@ def error_response(request: Request, exc: KeyServiceError) -> JSONResponse:
     )
 
 
+SEND_JSON = "send JSON, with the header 'Content-Type: application/json'"
+
+
+def _body_not_json(raw_errors: Sequence[Any]) -> bool:
+    """Whether the body failed because it was not read as JSON: FastAPI parses a body as JSON
+    only when its content type says so, and otherwise validates the raw bytes, which no model
+    accepts."""
+    return any(
+        tuple(err.get("loc", ()))[:1] == ("body",) and isinstance(err.get("input"), bytes)
+        for err in raw_errors
+    )
+
+
+def _received_content_type(request: Request) -> str:
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip()
+    if not content_type:
+        return "the request has no Content-Type"
+    return f"the request's Content-Type is {content_type[:64]!r}"
+
+
 def validation_response(request: Request, raw_errors: Sequence[Any]) -> JSONResponse:
     # Never echo the submitted value: it may be a password or a key.
     errors = [
@@ -354,6 +374,11 @@ def validation_response(request: Request, raw_errors: Sequence[Any]) -> JSONResp
     ]
     first = errors[0] if errors else None
     detail = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}" if first else None
+    if first is not None and _body_not_json(raw_errors):
+        # Pydantic's words ("a valid dictionary or object to extract fields from") do not say
+        # that the body was fine but not labelled as JSON.
+        errors = [{"loc": ["body"], "msg": SEND_JSON, "type": first["type"]}]
+        detail = f"body: {SEND_JSON} ({_received_content_type(request)})"
     return problem_response(
         request,
         status=ValidationFailed.status,

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keyservice import __version__
+from keyservice import __version__, apidocs
 from keyservice.accounts.router import router as accounts_router
 from keyservice.accounts.router import sessions_router
 from keyservice.applications.router import router as applications_router
@@ -181,6 +181,9 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # /docs is keyservice's own (apidocs), with Swagger UI served from here, not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     original_openapi = app.openapi
 
@@ -215,4 +218,5 @@ def create_app(
         audit_router,
     ):
         app.include_router(router)
+    apidocs.install(app)
     return app

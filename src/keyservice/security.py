@@ -62,10 +62,34 @@ class ParsedKey:
     hash: str
 
 
+# Straight and typographic quotes, as copies from JSON, shells and documents bring them along.
+QUOTES = frozenset("\"'`\u2018\u2019\u201c\u201d")
+
+
+def _copy_mistake(key: str) -> str | None:
+    """What went wrong when a key was copied with something around it, saying what rather than
+    "wrong length" or "unknown prefix". Looks at the two ends only, whatever the key's length."""
+    if not key:
+        return None
+    first, last = key[0], key[-1]
+    if first.isspace() or last.isspace():
+        return "the key has surrounding whitespace: remove the spaces or line breaks around it"
+    if first in QUOTES and last in QUOTES:
+        return "the key is wrapped in quotes: send it without them"
+    if first in QUOTES or last in QUOTES:
+        return "the key starts or ends with a quote: send it without quotes"
+    return None
+
+
 def parse_key(key: str, prefix: str) -> ParsedKey:
     """Check a presented key offline; raise ``KeyFormatError`` with a reason that quotes nothing."""
+    mistake = _copy_mistake(key)
+    if mistake is not None:
+        raise KeyFormatError(mistake)
     if len(key) > MAX_KEY_LENGTH:
         raise KeyFormatError("too long")
+    if any(char.isspace() for char in key):
+        raise KeyFormatError("the key contains whitespace: send the key alone, in one piece")
     parts = key.split("_")
     if len(parts) != 3:
         raise KeyFormatError("expected prefix_environment_secret")

@@ -11,6 +11,9 @@ from passlib.context import CryptContext
 
 _context = CryptContext(schemes=["argon2"], deprecated="auto")
 
+MIN_LENGTH = 12
+MAX_LENGTH = 256
+
 # Verified against when no user matches, so that a wrong email costs as much as a wrong password.
 _DUMMY_HASH = _context.hash("keyservice-dummy-password")
 

@@ -6,10 +6,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
+from keyservice.accounts import passwords
 from keyservice.fields import Name
 from keyservice.models import Role
 
-Password = Annotated[str, Field(min_length=12, max_length=256)]
+Password = Annotated[str, Field(min_length=passwords.MIN_LENGTH, max_length=passwords.MAX_LENGTH)]
 
 
 class AccountOut(BaseModel):

@@ -9,11 +9,21 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import contains_eager
 
+from keyservice.accounts import passwords
 from keyservice.accounts.passwords import hash_password
 from keyservice.audit import service as audit
-from keyservice.errors import Conflict, Forbidden, NotFound
+from keyservice.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from keyservice.invalidations import Target, invalidate
-from keyservice.models import Account, AuditEvent, KeyKind, Membership, Role, User, utcnow
+from keyservice.models import (
+    Account,
+    ApiKey,
+    AuditEvent,
+    KeyKind,
+    Membership,
+    Role,
+    User,
+    utcnow,
+)
 from keyservice.pagination import PageParams, paginate
 from keyservice.security import Environment, hash_key
 from keyservice.verification.service import Principal, UserPrincipal
@@ -95,6 +105,7 @@ async def _lock_account(session: AsyncSession, account_id: uuid.UUID) -> None:
 
 
 async def _owner_count(session: AsyncSession, account_id: uuid.UUID) -> int:
+    """The account's owners who have joined: an owner invitation not yet accepted owns nothing."""
     return (
         await session.scalar(
             select(func.count())
@@ -106,6 +117,16 @@ async def _owner_count(session: AsyncSession, account_id: uuid.UUID) -> int:
             )
         )
         or 0
+    )
+
+
+async def _is_last_owner(session: AsyncSession, membership: Membership) -> bool:
+    """Whether ``membership`` is the one accepted owner left. A pending invitation never is: it
+    can be withdrawn or re-roled whoever else owns the account."""
+    return (
+        membership.role is Role.owner
+        and membership.active
+        and await _owner_count(session, membership.account_id) <= 1
     )
 
 
@@ -203,7 +224,7 @@ async def change_role(
     if membership.role == role:
         return membership
     _check_may_grant(actor, membership.role, role)
-    if membership.role is Role.owner and await _owner_count(session, actor.account_id) <= 1:
+    if await _is_last_owner(session, membership):
         raise Conflict("The account's last owner cannot be demoted; make someone else owner first")
     old = membership.role
     membership.role = role
@@ -226,7 +247,7 @@ async def remove_member(session: AsyncSession, actor: Principal, *, user_id: uui
         session, account_id=actor.account_id, user_id=user_id, lock=True
     )
     _check_may_grant(actor, membership.role)
-    if membership.role is Role.owner and await _owner_count(session, actor.account_id) <= 1:
+    if await _is_last_owner(session, membership):
         raise Conflict("The account's last owner cannot be removed")
     await session.delete(membership)
     await session.flush()
@@ -288,6 +309,95 @@ async def bootstrap(
     )
     await session.flush()
     return account, user, secret
+
+
+# Changes made with a keyservice command on the server say so in the audit trail.
+FROM_SERVER = "keyservice command on the server"
+
+
+async def user_by_email(session: AsyncSession, email: str) -> User:
+    user = (await session.scalars(select(User).where(User.email == email.lower()))).first()
+    if user is None:
+        raise NotFound(f"No user has the email {email.lower()}")
+    return user
+
+
+async def issue_owner_key(
+    session: AsyncSession,
+    *,
+    email: str,
+    account_id: uuid.UUID | None = None,
+    key_prefix: str,
+) -> tuple[ApiKey, str]:
+    """A new owner key (a personal key with every keyservice scope) for a user who owns an
+    account (``account_id``, if named), for when they have lost theirs: the way back that needs
+    access to the server rather than a key. Returns the key and its secret."""
+    from keyservice.keys import service as keys_service
+
+    user = await user_by_email(session, email)
+    owned = set(
+        (
+            await session.scalars(
+                select(Membership.account_id).where(
+                    Membership.user_id == user.id,
+                    Membership.role == Role.owner,
+                    Membership.accepted_at.is_not(None),
+                )
+            )
+        ).all()
+    )
+    if account_id is not None and account_id not in owned:
+        raise Forbidden(f"{user.email} is not an owner of the account {account_id}")
+    if not owned:
+        raise Forbidden(f"{user.email} is not the owner of any account")
+    key, secret = keys_service.new_key(
+        prefix=key_prefix,
+        kind=KeyKind.personal,
+        name="Owner key (issued on the server)",
+        environment=Environment.live,
+        scopes=["keyservice:*"],
+        expires_at=None,
+        user_id=user.id,
+    )
+    session.add(key)
+    await session.flush()
+    await audit.record_from_server(
+        session,
+        user_id=user.id,
+        action="key.created",
+        target_type="api_key",
+        target_id=key.id,
+        details={
+            "name": key.name,
+            "kind": key.kind.value,
+            "environment": key.environment.value,
+            "scopes": key.scopes,
+            "expires_at": None,
+            "user_id": str(user.id),
+            "via": FROM_SERVER,
+        },
+    )
+    return key, secret
+
+
+async def set_password(session: AsyncSession, *, email: str, password: str) -> User:
+    """Set a user's password from the server (it is hashed like every other)."""
+    if not passwords.MIN_LENGTH <= len(password) <= passwords.MAX_LENGTH:
+        raise ValidationFailed(
+            f"A password has {passwords.MIN_LENGTH} to {passwords.MAX_LENGTH} characters"
+        )
+    user = await user_by_email(session, email)
+    user.password_hash = await asyncio.to_thread(hash_password, password)
+    await session.flush()
+    await audit.record_from_server(
+        session,
+        user_id=user.id,
+        action="user.password_set",
+        target_type="user",
+        target_id=user.id,
+        details={"email": user.email, "via": FROM_SERVER},
+    )
+    return user
 
 
 async def has_accounts(session: AsyncSession) -> bool:

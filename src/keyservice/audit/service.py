@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyservice.models import AuditEvent
+from keyservice.models import AuditEvent, Membership
 from keyservice.pagination import PageParams, paginate
 from keyservice.verification.service import Actor
 
@@ -36,20 +36,67 @@ async def record(
     account_id: uuid.UUID | None = None,
 ) -> None:
     """Append to the account's audit trail (the actor's, unless named), in the caller's
-    transaction."""
-    session.add(
-        AuditEvent(
-            account_id=account_id or actor.account_id,
-            actor_key_id=actor.key.id,
-            actor_user_id=actor.user_id,
-            action=action,
-            target_type=target_type,
-            target_id=str(target_id),
-            details=details or {},
-            # Bounded like the column; an address is never longer unless something is off.
-            client_address=actor.client_address[:64] if actor.client_address else None,
+    transaction.
+
+    A user acting on their own things (their personal keys) acts in no one account, yet such a
+    key reaches every account the user has joined: the change is recorded in each of them, so
+    that their admins see it, and on the user alone when they have joined none."""
+    account_id = account_id or actor.account_id
+    if account_id is not None:
+        accounts: Sequence[uuid.UUID | None] = [account_id]
+    else:
+        accounts = await _joined_accounts(session, actor.user_id) or [None]
+    for account in accounts:
+        session.add(
+            AuditEvent(
+                account_id=account,
+                actor_key_id=actor.key.id,
+                actor_user_id=actor.user_id,
+                action=action,
+                target_type=target_type,
+                target_id=str(target_id),
+                details=details or {},
+                # Bounded like the column; an address is never longer unless something is off.
+                client_address=actor.client_address[:64] if actor.client_address else None,
+            )
         )
-    )
+
+
+async def record_from_server(
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID,
+    action: str,
+    target_type: str,
+    target_id: uuid.UUID | str,
+    details: dict[str, Any],
+) -> None:
+    """Record a change to a user's things made on the server, by a keyservice command rather
+    than through the API (no key, no client address), in each account the user has joined."""
+    for account in await _joined_accounts(session, user_id) or [None]:
+        session.add(
+            AuditEvent(
+                account_id=account,
+                action=action,
+                target_type=target_type,
+                target_id=str(target_id),
+                details=details,
+            )
+        )
+
+
+async def _joined_accounts(
+    session: AsyncSession, user_id: uuid.UUID | None
+) -> Sequence[uuid.UUID | None]:
+    if user_id is None:
+        return []
+    return (
+        await session.scalars(
+            select(Membership.account_id).where(
+                Membership.user_id == user_id, Membership.accepted_at.is_not(None)
+            )
+        )
+    ).all()
 
 
 async def list_events(

@@ -73,7 +73,8 @@ class UserPrincipal:
     key: KeyRecord
     user_id: uuid.UUID
     client_address: str | None = None
-    # Audit events of a user's own things belong to no account.
+    # A user's own things belong to no one account (the audit trail records their changes in
+    # each account the user has joined).
     account_id: None = None
 
     @property
