@@ -119,8 +119,11 @@ class VerifyFastPath:
                     {
                         "loc": ("body",),
                         "msg": "Input should be a valid dictionary or object to extract fields "
-                        "from (send JSON)",
+                        "from",
                         "type": "model_attributes_type",
+                        # As FastAPI reports a body it did not read as JSON: the raw bytes
+                        # (never echoed), which the problem's renderer tells apart.
+                        "input": raw,
                     }
                 ],
             )
