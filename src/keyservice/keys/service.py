@@ -21,8 +21,6 @@ from keyservice.ratelimit.schemas import limit_columns
 from keyservice.security import Environment, generate_key, hash_key, key_hint
 from keyservice.verification.service import Actor, Principal, UserPrincipal
 
-MAX_GRACE = timedelta(days=7)
-
 
 def new_key(
     *,
