@@ -57,6 +57,7 @@ class Runtime:
         sessionmaker: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self.settings = settings
+        self.stop_seconds = STOP_SECONDS
         self.engine: AsyncEngine | None = None
         if sessionmaker is None:
             self.engine = create_engine(settings)
@@ -137,11 +138,9 @@ class Runtime:
         for worker in reversed(workers):
             began = time.monotonic()
             try:
-                await asyncio.wait_for(worker.stop(), timeout=STOP_SECONDS)
+                await asyncio.wait_for(worker.stop(), timeout=self.stop_seconds)
             except TimeoutError:
-                logger.warning(
-                    "%s did not stop within %g s; left behind", worker.name, STOP_SECONDS
-                )
+                logger.warning("%s did not stop within %g s", worker.name, self.stop_seconds)
             except Exception:
                 logger.exception("%s failed to stop", worker.name)
             else:
