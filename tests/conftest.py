@@ -5,6 +5,7 @@ into an external transaction" recipe). No mocks of the database or of HTTP betwe
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+import secrets_seen
 from factories import Tenant, create_tenant
 from keyservice import migrate
 from keyservice.config import Settings
@@ -196,7 +198,34 @@ def make_app(
 
 def client_for(app: FastAPI, address: str = "203.0.113.7") -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, client=(address, 50000))
-    return httpx.AsyncClient(transport=transport, base_url="http://keyservice.test")
+    return httpx.AsyncClient(
+        transport=transport,
+        base_url="http://keyservice.test",
+        # Every secret sent or shown, for the check that no log line of the suite holds one.
+        event_hooks={
+            "request": [secrets_seen.on_request],
+            "response": [secrets_seen.on_response],
+        },
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every log record of the whole suite (INFO and above) holds no secret the suite created
+    (keys, passwords, tokens) and no key's start."""
+    handler = secrets_seen.SuiteLog()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield
+    root.removeHandler(handler)
+    root.setLevel(level)
+    if request.session.testscollected > 500:  # the whole suite, not a few tests picked
+        assert len(handler.lines) > 1000, "the suite's log was not captured"
+        assert secrets_seen.keys, "no secret was seen: the check would prove nothing"
+    leaked = secrets_seen.leaks(handler.lines)
+    assert not leaked, f"{len(leaked)} log lines hold a secret, the first: {leaked[0][:300]}"
 
 
 # Instances that own their database, on a fresh PostgreSQL database: real commits, NOTIFY, and

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import secrets_seen
 from keyservice.accounts import service as accounts_service
 from keyservice.keys import service as keys_service
 from keyservice.models import Account, ApiKey, KeyKind, Membership, Role, User, utcnow
@@ -41,6 +42,7 @@ async def create_tenant(session: AsyncSession, name: str = "Acme CRM") -> Tenant
         key_prefix="ks",
     )
     await session.commit()
+    secrets_seen.remember(secret)
     return Tenant(account=account, owner=user, owner_key=secret)
 
 
@@ -80,6 +82,7 @@ async def create_personal_key(
     )
     session.add(key)
     await session.commit()
+    secrets_seen.remember(secret)
     return secret
 
 

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import asyncpg
 from sqlalchemy import exc as sa_exc
 
+from keyservice import metrics
 from keyservice.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class Availability:
             self.down_since = self.clock()
             self.reason = describe(exc)
             self.outages += 1
+            metrics.DATABASE_UP.set(0)
             logger.warning(
                 "database unreachable (%s): cached keys keep verifying for up to %g s, "
                 "everything else answers 503 until it is back",
@@ -122,6 +124,7 @@ class Availability:
         )
         self.down_since = None
         self.reason = None
+        metrics.DATABASE_UP.set(1)
 
     def error(self) -> DatabaseUnavailable:
         since = "" if self.down_since is None else f" for {self.clock() - self.down_since:.0f} s"

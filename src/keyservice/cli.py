@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import getpass
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
@@ -223,16 +226,38 @@ def cmd_serve(args: argparse.Namespace) -> None:
         )
         if secret is not None:
             _print_first_key(secret, "owner@example.com", f"http://{args.host}:{args.port}")
-    uvicorn.run(
-        "keyservice.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        proxy_headers=True,
-        forwarded_allow_ips=args.forwarded_allow_ips,
-        log_level=args.log_level,
-    )
+    from keyservice import logs
+
+    with _metrics_directory(args.workers):
+        uvicorn.run(
+            "keyservice.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            proxy_headers=True,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+            log_level=args.log_level,
+            # keyservice writes each request's line itself, from a thread (keyservice.logs).
+            access_log=False,
+            log_config=logs.config(json_lines=settings.json_logs, level=args.log_level),
+        )
+
+
+@contextlib.contextmanager
+def _metrics_directory(workers: int) -> Iterator[None]:
+    """With several workers, each writes its metrics to files in one directory, which every
+    worker's /metrics reads (prometheus-client's multi-process mode): a fresh one per run."""
+    if workers <= 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="keyservice-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        yield
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def cmd_openapi(args: argparse.Namespace) -> None:

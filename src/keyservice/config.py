@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Annotated, Self
 
 from fastapi import Depends, Request
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "KEYSERVICE_"
@@ -22,6 +22,11 @@ DEFAULT_SCOPES = tuple(
 
 SCOPE_RE = re.compile(r"^[a-z][a-z0-9_-]*(:[a-z][a-z0-9_-]*)*:[a-z][a-z0-9_-]*$")
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+
+
+class LogFormat(StrEnum):
+    json = "json"
+    text = "text"
 
 
 class Mode(StrEnum):
@@ -110,6 +115,17 @@ class Settings(BaseSettings):
         default=100, ge=1, description="Refusals of a key in an hour that raise an alert."
     )
 
+    # Operations
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="When set, GET /metrics requires `Authorization: Bearer <token>`.",
+    )
+    log_format: LogFormat | None = Field(
+        default=None,
+        description="`json` (one object per line) or `text`; unset: json in production, text "
+        "in development.",
+    )
+
     # Console sessions and logins
     session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
     login_failures_per_email: int = Field(default=5, ge=1)
@@ -152,6 +168,12 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or SQLITE_DEFAULT_URL
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format is not None:
+            return self.log_format is LogFormat.json
+        return self.mode is Mode.production
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,13 +1,16 @@
-"""Liveness and readiness probes, and the scope catalogue."""
+"""Liveness and readiness probes, metrics, and the scope catalogue."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import hmac
+
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict
 
+from keyservice import metrics
 from keyservice.config import SettingsDep
 from keyservice.db import SessionDep
-from keyservice.errors import ServiceUnavailable, responses
+from keyservice.errors import ServiceUnavailable, Unauthorized, responses
 from keyservice.migrate import current_revision
 from keyservice.scopes import KEYSERVICE_SCOPES
 
@@ -62,3 +65,34 @@ async def list_scopes(settings: SettingsDep) -> Scopes:
     """The scope catalogue: the product's scopes, which applications and keys may hold, and
     keyservice's own, which protect this API. `resource:*` grants every scope under `resource:`."""
     return Scopes(product=list(settings.scopes), keyservice=list(KEYSERVICE_SCOPES))
+
+
+class MetricsUnauthorized(Unauthorized):
+    slug = "metrics-unauthorized"
+    title = "GET /metrics needs the deployment's metrics token"
+
+
+@router.get(
+    "/metrics",
+    tags=["health"],
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The metrics in Prometheus' text format.",
+            "content": {metrics.CONTENT_TYPE: {"schema": {"type": "string"}}},
+        },
+        **responses(MetricsUnauthorized),
+    },
+)
+async def get_metrics(request: Request, settings: SettingsDep) -> Response:
+    """Prometheus metrics: verifications by path and answer, the key cache, lookups and leases,
+    rate-limit refusals, the usage flush, the database pool, and HTTP requests by route template
+    and status with their latency. No metric has a per-key label. When the deployment sets
+    `KEYSERVICE_METRICS_TOKEN`, send it as `Authorization: Bearer <token>`."""
+    if settings.metrics_token is not None:
+        expected = f"Bearer {settings.metrics_token.get_secret_value()}".encode()
+        sent = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(sent, expected):
+            raise MetricsUnauthorized("Send the metrics token as 'Authorization: Bearer <token>'")
+    request.app.state.runtime.sample_metrics()
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

@@ -32,8 +32,10 @@ from keyservice.errors import (
 from keyservice.health import router as health_router
 from keyservice.keys.router import router as keys_router
 from keyservice.migrate import head_revision
+from keyservice.observability import RequestObserver
 from keyservice.runtime import Runtime
 from keyservice.usage.router import router as usage_router
+from keyservice.verification.fastpath import PATH as FAST_PATH
 from keyservice.verification.fastpath import VerifyFastPath
 from keyservice.verification.router import router as verification_router
 
@@ -207,6 +209,8 @@ def create_app(
     # The last added is the outermost: the size limit applies to the fast path too.
     app.add_middleware(VerifyFastPath)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    # Outermost: every request has an id, a line in the log and its latency in the metrics.
+    app.add_middleware(RequestObserver, fast_paths=(FAST_PATH,))
     for router in (
         health_router,
         verification_router,

@@ -17,10 +17,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from keyservice import metrics
 from keyservice.availability import Availability
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
@@ -117,6 +119,38 @@ class Runtime:
 
         # Last started, first stopped: its final flush writes what was counted until then.
         self.add(Worker("usage flusher", start_flusher, self.usage.stop))
+        sampler: list[asyncio.Task[None]] = []
+
+        async def sample_every_second() -> None:
+            while True:
+                self.sample_metrics()
+                await asyncio.sleep(1.0)
+
+        async def start_sampler() -> None:
+            sampler.append(asyncio.create_task(sample_every_second(), name="keyservice-metrics"))
+
+        async def stop_sampler() -> None:
+            for task in sampler:
+                task.cancel()
+            await asyncio.gather(*sampler, return_exceptions=True)
+
+        self.add(Worker("metrics sampler", start_sampler, stop_sampler))
+
+    def sample_metrics(self) -> None:
+        """Set the gauges that describe a state: once a second, and before each scrape."""
+        metrics.KEY_CACHE_ENTRIES.set(len(self.cache))
+        metrics.USAGE_FLUSH_LAG.set(self.usage.lag_seconds())
+        metrics.DATABASE_UP.set(0 if self.availability.down else 1)
+        if self.engine is None:
+            return
+        pool: Any = self.engine.pool
+        if hasattr(pool, "checkedout"):
+            metrics.POOL_CONNECTIONS.labels("in_use").set(pool.checkedout())
+            metrics.POOL_CONNECTIONS.labels("idle").set(pool.checkedin())
+        # The pool's queue of connections; whoever waits for one waits on it. Not a public
+        # attribute of SQLAlchemy's pool: read with care, 0 where it is not there.
+        waiters = getattr(getattr(getattr(pool, "_pool", None), "_queue", None), "_getters", ())
+        metrics.POOL_WAITING.set(len(waiters))
 
     def add(self, worker: Worker) -> None:
         self.workers.append(worker)

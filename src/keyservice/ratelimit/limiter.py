@@ -28,6 +28,7 @@ from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from keyservice import metrics
 from keyservice.availability import Availability
 from keyservice.errors import UnknownKey
 from keyservice.ratelimit import buckets
@@ -341,6 +342,7 @@ class Limiter:
                 keys = list(itertools.islice(self._pending, buckets.MAX_BATCH))
                 batch = [self._pending.pop(key_id) for key_id in keys]
                 try:
+                    metrics.LEASE_STATEMENTS.inc()
                     async with self.sessionmaker() as session:
                         results = await buckets.lease(session, [request for request, _ in batch])
                 except Exception as exc:

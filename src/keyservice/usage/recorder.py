@@ -23,6 +23,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import time
 import typing
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +34,7 @@ from typing import Any
 from sqlalchemy import BigInteger, String, Table, Uuid, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from keyservice import metrics
 from keyservice.availability import Availability, describe
 from keyservice.db import dialect_upsert, upsert
 from keyservice.fields import MAX_ENDPOINT_LENGTH
@@ -105,6 +107,8 @@ class UsageRecorder:
         self.max_pending_rows = max_pending_rows
         # Rows the database refused for their data, and new counters beyond max_pending_rows.
         self.dropped_rows = 0
+        # When the oldest count not yet written was made (monotonic), for the flush's lag.
+        self._counting_since: float | None = None
         self._over_bound_logged = False
         self.alerts = alerts or Alerts()
         self._clock = clock
@@ -143,6 +147,8 @@ class UsageRecorder:
             if len(self._batch.counts) >= self.max_pending_rows:
                 self._over_bound()
                 return
+            if not self._batch.counts and self._counting_since is None:
+                self._counting_since = time.monotonic()
             counter = self._batch.counts[(key_id, account_id, name, hour)] = [0, 0, 0]
         counter[0 if allowed else 1] += cost
         if rate_limited:
@@ -156,8 +162,14 @@ class UsageRecorder:
         for event in self.alerts.quota(key_id, account_id, limits, decision):
             self._batch.events[event.dedupe_key] = event
 
+    def lag_seconds(self) -> float:
+        """How long the oldest count not yet written has waited (0 when all are written)."""
+        since = self._counting_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def _over_bound(self) -> None:
         self.dropped_rows += 1
+        metrics.USAGE_DROPPED_ROWS.inc()
         if not self._over_bound_logged:
             logger.warning(
                 "usage counters waiting to be written reached %d; new ones are dropped until "
@@ -172,6 +184,8 @@ class UsageRecorder:
         async with self._lock:
             if not self._batch or self.availability.down:
                 return 0
+            began = time.monotonic()
+            since, self._counting_since = self._counting_since, None
             batch, self._batch = self._batch, _Batch()
             parts, written, rows = [batch], [], 0
             while parts:
@@ -192,6 +206,7 @@ class UsageRecorder:
                         part.merge(unwritten)
                     part.merge(self._batch)
                     self._batch = part
+                    self._counting_since = since
                     if not isinstance(exc, Exception):
                         raise
                     break
@@ -200,12 +215,14 @@ class UsageRecorder:
             self._remember_written(written)
             if not self._batch:
                 self._over_bound_logged = False
+            metrics.USAGE_FLUSH_SECONDS.observe(time.monotonic() - began)
             return rows
 
     def _drop(self, part: _Batch, exc: Exception) -> None:
         """A row the database refuses whatever the others: dropped, counted, and logged by its
         key only (an endpoint is the client's text, and may hold anything)."""
         self.dropped_rows += 1
+        metrics.USAGE_DROPPED_ROWS.inc()
         key_ids: list[uuid.UUID | None] = [c[0] for c in part.counts] or [*part.last_used]
         key_ids += [e.key_id for e in part.events.values()]
         logger.error(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from starlette.datastructures import Headers
 
+from keyservice import metrics
 from keyservice.errors import (
     DatabaseUnavailable,
     KeyServiceError,
@@ -26,9 +27,11 @@ async def answer(
     verifier: Verifier, body: VerifyRequest, headers: Headers, peer: str | None
 ) -> Answer:
     try:
-        return await _answer(verifier, body, headers, peer)
+        result = await _answer(verifier, body, headers, peer)
     except DatabaseUnavailable as error:
-        return rendering.refused(error)
+        result = rendering.refused(error)
+    metrics.verification("verify", result.code)
+    return result
 
 
 async def _answer(

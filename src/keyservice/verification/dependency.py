@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Request, Response
 from starlette.datastructures import Headers
 from starlette.types import Scope
 
+from keyservice import metrics
 from keyservice.errors import (
     AccountForbidden,
     AccountRequired,
@@ -28,8 +29,9 @@ from keyservice.errors import (
     UnknownKey,
     ValidationFailed,
 )
+from keyservice.observability import note_key
 from keyservice.verification.rendering import verified_headers
-from keyservice.verification.service import Principal, UserPrincipal
+from keyservice.verification.service import Principal, UserPrincipal, Verified
 from keyservice.verification.verifier import Verifier
 
 # What any route protected by ``require`` may answer, for its OpenAPI ``responses``.
@@ -103,6 +105,19 @@ AccountHeader = Annotated[
 ]
 
 
+async def counted(path: str, request: Request, verifying: Awaitable[Verified]) -> Verified:
+    """``verifying``'s result, counted in the metrics by ``path`` and answer, and its key noted
+    for the request's line in the log."""
+    try:
+        verified = await verifying
+    except KeyServiceError as error:
+        metrics.verification(path, error.code or error.slug.upper().replace("-", "_"))
+        raise
+    metrics.verification(path, "VALID")
+    note_key(request.scope, verified.principal.key.id, verified.principal.account_id)
+    return verified
+
+
 def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that verifies the request's key and demands ``scopes`` on its account."""
 
@@ -113,12 +128,16 @@ def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
         account_id: AccountHeader = None,
     ) -> Principal:
         route = request.scope.get("route")
-        verified = await verifier.verify(
-            key_from_headers(request.headers),
-            scopes=scopes,
-            account_id=account_id,
-            client_address=client_address(request),
-            endpoint=f"{request.method} {getattr(route, 'path', request.url.path)}",
+        verified = await counted(
+            "management",
+            request,
+            verifier.verify(
+                key_from_headers(request.headers),
+                scopes=scopes,
+                account_id=account_id,
+                client_address=client_address(request),
+                endpoint=f"{request.method} {getattr(route, 'path', request.url.path)}",
+            ),
         )
         response.headers.update(verified_headers(verified))
         return verified.principal

@@ -23,6 +23,7 @@ from keyservice.errors import (
     error_response,
     http_error_response,
 )
+from keyservice.observability import note_key
 from keyservice.verification.answer import answer
 from keyservice.verification.dependency import peer_address
 from keyservice.verification.schemas import VerifyRequest
@@ -96,6 +97,8 @@ class VerifyFastPath:
         except KeyServiceError as exc:
             await error_response(Request(scope, receive), exc)(scope, receive, send)
             return
+        if result.key is not None:
+            note_key(scope, *result.key)
         # What result.response() sends, without building it.
         raw_headers = result.raw_headers()
         await send({"type": "http.response.start", "status": result.status, "headers": raw_headers})

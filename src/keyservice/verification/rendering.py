@@ -8,6 +8,7 @@ the JSON bytes and the ``RateLimitState`` model are written from those numbers.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from starlette.responses import Response
@@ -136,6 +137,9 @@ class Answer:
     headers: dict[str, str]
     # 200 whatever the verdict; 503 when no verdict can be had (the database is unreachable).
     status: int = 200
+    code: str = "VALID"
+    # The key found valid, and the account it acts on: for the request's line in the log.
+    key: tuple[uuid.UUID, uuid.UUID] | None = None
 
     def response(self) -> Response:
         return Response(
@@ -174,10 +178,11 @@ def valid(verified: Verified) -> Answer:
     if key is None:
         key = views[view] = _serialize_key(verified_key(verified))
     decision = verified.decision
+    found = (principal.key.id, principal.account_id)
     if decision is None:
-        return Answer(b'%s%s,"rate_limit":null}' % (_VALID_HEAD, key), {})
+        return Answer(b'%s%s,"rate_limit":null}' % (_VALID_HEAD, key), {}, key=found)
     content = b'%s%s,"rate_limit":%s}' % (_VALID_HEAD, key, _rate_limit_content(decision))
-    return Answer(content, rate_limit_headers(decision))
+    return Answer(content, rate_limit_headers(decision), key=found)
 
 
 def refused(error: KeyServiceError, decision: Decision | None = None) -> Answer:
@@ -191,6 +196,6 @@ def refused(error: KeyServiceError, decision: Decision | None = None) -> Answer:
         rate_limit=rate_limit_state(decision) if decision is not None else None,
     )
     if error.status >= 500:
-        return Answer(_serialize(response), dict(error.headers), status=error.status)
+        return Answer(_serialize(response), dict(error.headers), error.status, error.code)
     headers = rate_limit_headers(decision) if decision is not None else {}
-    return Answer(_serialize(response), headers)
+    return Answer(_serialize(response), headers, code=error.code)

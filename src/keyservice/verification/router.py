@@ -17,11 +17,13 @@ from keyservice.errors import (
     ValidationFailed,
     responses,
 )
+from keyservice.observability import note_key
 from keyservice.verification.answer import answer
 from keyservice.verification.dependency import (
     AUTH_ERRORS,
     VerifierDep,
     client_address,
+    counted,
     key_from_headers,
 )
 from keyservice.verification.endpoints import endpoint_template
@@ -72,6 +74,8 @@ async def verify(
     which failed guesses are throttled; an anonymous caller's `client_address` is ignored.
     """
     result = await answer(verifier, body, request.headers, client_address(request))
+    if result.key is not None:
+        note_key(request.scope, *result.key)
     return result.response()
 
 
@@ -107,12 +111,16 @@ async def forward_auth(request: Request, verifier: VerifierDep) -> Response:
             account_id = uuid.UUID(account_header)
         except ValueError:
             raise AccountForbidden("X-Account-Id is not an account id") from None
-    verified = await verifier.verify(
-        key_from_headers(request.headers),
-        scopes=_forward_scopes(request),
-        account_id=account_id,
-        client_address=client_address(request),
-        endpoint=_forwarded_endpoint(request),
+    verified = await counted(
+        "forward_auth",
+        request,
+        verifier.verify(
+            key_from_headers(request.headers),
+            scopes=_forward_scopes(request),
+            account_id=account_id,
+            client_address=client_address(request),
+            endpoint=_forwarded_endpoint(request),
+        ),
     )
     return Response(status_code=200, headers=identity_headers(verified))
 

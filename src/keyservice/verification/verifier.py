@@ -16,6 +16,7 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from keyservice import metrics
 from keyservice.availability import Availability
 from keyservice.config import Settings
 from keyservice.errors import (
@@ -129,6 +130,7 @@ class Verifier:
                 # are not cached (KeyCache.put).
                 generation = self.cache.generation
                 try:
+                    metrics.KEY_LOOKUPS.inc()
                     async with self.sessionmaker() as session:
                         records = await service.lookup(session, hashes, self.settings)
                 except Exception as exc:
@@ -195,6 +197,7 @@ class Verifier:
             decision = await self.limiter.check(record.id, record.limits, cost)
             self.usage.limited(record.id, principal.account_id, record.limits, decision)
             if not decision.allowed:
+                metrics.rate_limit_refusal("quota" if decision.refused is Refusal.quota else "rate")
                 self.usage.record(
                     record.id, principal.account_id, endpoint, allowed=False, rate_limited=True
                 )
@@ -230,7 +233,10 @@ class Verifier:
         if len(key) <= MAX_KEY_LENGTH:
             key_hash = hash_key(key)
             record = self.cache.get(key_hash)
-        if record is None:
+        if record is not None:
+            metrics.CACHE_HIT.inc()
+        else:
+            metrics.CACHE_MISS.inc()
             try:
                 key_hash = parse_key(key, self.settings.key_prefix).hash
             except KeyFormatError as exc:
