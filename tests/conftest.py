@@ -24,6 +24,7 @@ from keyservice import migrate
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
 from keyservice.main import create_app
+from pgcluster import Cluster, own_cluster
 
 POSTGRES_URL = os.environ.get(
     "KEYSERVICE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -265,3 +266,10 @@ async def tenant(postgres_url: str, settings: Settings) -> Tenant:
             return await create_tenant(session)
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A PostgreSQL cluster of the test's own, which it may stop and start."""
+    with own_cluster(required=IN_CI) as started:
+        yield started

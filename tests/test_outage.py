@@ -9,24 +9,16 @@ for the outage, not one per request; everything recovers without a restart.
 from __future__ import annotations
 
 import asyncio
-import glob
 import logging
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
-from conftest import IN_CI, client_for
+from conftest import client_for
 from factories import auth, create_application, create_key, create_tenant
 from keyservice import migrate
 from keyservice.availability import Availability
@@ -37,82 +29,8 @@ from keyservice.main import create_app
 from keyservice.models import UsageCounter
 from keyservice.ratelimit.limiter import Limiter, Refusal
 from keyservice.ratelimit.policy import Limits, RatePolicy
-from test_cli import _free_port
-
-
-def _postgres_bin() -> Path | None:
-    found = shutil.which("initdb") or next(
-        iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None
-    )
-    return Path(found).parent if found else None
-
-
-@dataclass
-class Cluster:
-    """A PostgreSQL cluster on its own port and directory, started and stopped by the test."""
-
-    bin: Path
-    directory: Path
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *command: str) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run(
-            [*prefix, *command], check=True, capture_output=True, timeout=60, cwd=self.directory
-        )
-
-    def init(self) -> None:
-        self._run(
-            str(self.bin / "initdb"), "-D", str(self.directory / "data"), "-A", "trust",
-            "-U", "postgres", "--no-sync",
-        )  # fmt: skip
-
-    def start(self) -> None:
-        options = (
-            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c full_page_writes=off"
-        )
-        self._run(
-            str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-o", options,
-            "-l", str(self.directory / "log"), "-w", "start",
-        )  # fmt: skip
-
-    def stop(self, mode: str = "fast") -> None:
-        self._run(
-            str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", mode, "-w", "stop"
-        )
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    binaries = _postgres_bin()
-    if binaries is None:
-        if IN_CI:
-            pytest.fail("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
-        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
-    directory = Path(tempfile.mkdtemp(prefix="keyservice-outage-"))
-    if os.geteuid() == 0:
-        shutil.chown(directory, "postgres", "postgres")
-    cluster = Cluster(bin=binaries, directory=directory, port=_free_port())
-    try:
-        cluster.init()
-        cluster.start()
-        yield cluster
-    finally:
-        subprocess.run(
-            ["pkill", "-f", f"-D {directory}/data"], check=False, capture_output=True
-        )  # whatever state the test left it in
-        with_postmaster = directory / "data" / "postmaster.pid"
-        if with_postmaster.exists():
-            try:
-                cluster.stop("immediate")
-            except subprocess.CalledProcessError:
-                pass
-        shutil.rmtree(directory, ignore_errors=True)
+from pgcluster import Cluster
+from servers import free_port
 
 
 class Load:
@@ -272,7 +190,7 @@ async def test_limited_keys_are_limited_by_each_instance_while_the_database_is_a
     """Nothing listens on the database's port: the limiter admits the key's rate by itself, a
     window at a time, and stops once cached keys are no longer trusted."""
     unreachable = create_engine(
-        settings, f"postgresql+asyncpg://postgres@127.0.0.1:{_free_port()}/postgres"
+        settings, f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/postgres"
     )
     now = [1000.0]
     availability = Availability(grace_seconds=60, clock=lambda: now[0])

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from keyservice import metrics
+from keyservice.availability import describe
 from keyservice.config import SettingsDep
 from keyservice.db import SessionDep
-from keyservice.errors import ServiceUnavailable, Unauthorized, responses
+from keyservice.errors import DatabaseUnavailable, ServiceUnavailable, Unauthorized, responses
 from keyservice.migrate import current_revision
 from keyservice.scopes import KEYSERVICE_SCOPES
 
@@ -45,14 +46,22 @@ async def healthz() -> Status:
     return Status(status="ok")
 
 
-@router.get("/readyz", tags=["health"], responses=responses(ServiceUnavailable))
+@router.get(
+    "/readyz", tags=["health"], responses=responses(ServiceUnavailable, DatabaseUnavailable)
+)
 async def readyz(request: Request, session: SessionDep) -> Status:
-    """Readiness: the database answers and its schema is at the migrations' head."""
+    """Readiness: the database answers and its schema is at the migrations' head; otherwise a
+    503 that says which, and why (the database's error, as its kind)."""
     try:
         connection = await session.connection()
         revision = await current_revision(connection)
-    except Exception:
-        raise ServiceUnavailable("The database is not reachable") from None
+    except Exception as exc:
+        availability = request.app.state.availability
+        if availability.failed(exc):
+            raise availability.error() from None
+        raise ServiceUnavailable(
+            f"The database does not answer as expected ({describe(exc)})"
+        ) from None
     if revision != request.app.state.head_revision:
         raise ServiceUnavailable(
             "The database schema is not at the current migration; run `keyservice migrate`"
