@@ -308,6 +308,7 @@ async def bootstrap(
         )
     )
     await session.flush()
+    await keys_service.record_created(session, key)
     return account, user, secret
 
 
@@ -377,6 +378,7 @@ async def issue_owner_key(
             "via": FROM_SERVER,
         },
     )
+    await keys_service.record_created(session, key)
     return key, secret
 
 

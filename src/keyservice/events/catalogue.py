@@ -227,12 +227,26 @@ _APPLICATION_ID = "0b9c6f5e-8d7a-4b3c-9e2f-1a0b9c8d7e6f"
 _MEMBER = {"user_id": "7b6a5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d", "email": "dana@example.com"}
 
 
+# Seeing an event tells what it is about: it takes the scope that reads that.
+READ_SCOPES = {
+    "key": "keyservice:keys:read",
+    "application": "keyservice:applications:read",
+    "member": "keyservice:members:read",
+    "usage": "keyservice:usage:read",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class EventType:
     name: str
     description: str
     model: type[BaseModel]
     example: dict[str, Any]
+
+    @property
+    def scope(self) -> str:
+        """The scope a key needs to see events of this type."""
+        return READ_SCOPES[self.name.partition(".")[0]]
 
 
 EVENT_TYPES: tuple[EventType, ...] = (

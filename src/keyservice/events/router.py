@@ -29,10 +29,15 @@ async def list_events(
     ] = None,
     key_id: Annotated[uuid.UUID | None, Query()] = None,
 ) -> Page[EventOut]:
-    """The account's events, newest first: `usage.threshold` when a key crosses 80% and 100% of
-    its monthly quota, or keeps being refused within an hour. Each is recorded once per
-    threshold and period; webhooks deliver from this list."""
+    """The account's events, newest first: its keys created, updated, rotated and revoked (a
+    user's personal key in each account the user has joined), and `usage.threshold` when a key
+    crosses 80% and 100% of its monthly quota, or keeps being refused within an hour (once per
+    threshold and period). Each is recorded with the change that caused it, never without it;
+    webhooks deliver from this list.
+
+    An event shows what it is about, so a key sees only the events it could read otherwise:
+    `key.*` take `keyservice:keys:read` besides `keyservice:usage:read`."""
     events, next_cursor = await service.list_events(
-        session, account_id=actor.account_id, page=page, type_=type, key_id=key_id
+        session, actor, page=page, type_=type, key_id=key_id
     )
     return Page(data=[EventOut.model_validate(e) for e in events], next_cursor=next_cursor)

@@ -32,7 +32,5 @@ class EventOut(BaseModel):
     key_id: uuid.UUID | None = Field(
         description="The key the event is about, if any (`key_id` filters on it)."
     )
-    data: dict[str, Any] = Field(
-        description="The payload: its shape is its type's."
-    )
+    data: dict[str, Any] = Field(description="The payload: its shape is its type's.")
     created_at: datetime

@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.db import upsert
 from keyservice.events import catalogue
-from keyservice.models import Event, utcnow
+from keyservice.models import Event, Membership, utcnow
 from keyservice.pagination import PageParams, paginate
+from keyservice.verification.service import Principal
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,20 @@ async def record(
     )
 
 
+async def record_for_user(
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID,
+    data: BaseModel,
+    key_id: uuid.UUID | None = None,
+) -> None:
+    """Record an event about a user's own things (their personal keys), which reach every
+    account the user has joined: in each of them, as the audit trail does. A user who has joined
+    no account has no one to tell."""
+    accounts = await joined_accounts(session, user_id)
+    await record_many(session, [NewEvent(account_id=a, data=data, key_id=key_id) for a in accounts])
+
+
 async def record_many(session: AsyncSession, events: Iterable[NewEvent]) -> None:
     """Record events in one statement, in the caller's transaction. An event whose
     ``dedupe_key`` was recorded before is skipped, not an error (``ON CONFLICT DO NOTHING``)."""
@@ -72,15 +87,32 @@ async def record_many(session: AsyncSession, events: Iterable[NewEvent]) -> None
     )
 
 
+async def joined_accounts(session: AsyncSession, user_id: uuid.UUID) -> Sequence[uuid.UUID]:
+    """The accounts whose invitation the user has accepted (or that they joined at once)."""
+    return (
+        await session.scalars(
+            select(Membership.account_id).where(
+                Membership.user_id == user_id, Membership.accepted_at.is_not(None)
+            )
+        )
+    ).all()
+
+
 async def list_events(
     session: AsyncSession,
+    actor: Principal,
     *,
-    account_id: uuid.UUID,
     page: PageParams,
     type_: str | None = None,
     key_id: uuid.UUID | None = None,
 ) -> tuple[Sequence[Event], str | None]:
-    statement = select(Event).where(Event.account_id == account_id)
+    """The actor's account's events, newest first, but for those it may not read: an event tells
+    what it is about (a member's email, a key's name), so each type takes the scope that reads
+    that (``EventType.scope``)."""
+    statement = select(Event).where(Event.account_id == actor.account_id)
+    hidden = [t.name for t in catalogue.EVENT_TYPES if not actor.allows(t.scope)]
+    if hidden:
+        statement = statement.where(Event.type.not_in(hidden))
     if type_ is not None:
         statement = statement.where(Event.type == type_)
     if key_id is not None:
