@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from factories import Tenant, auth, create_application, create_key, create_tenant
+from keyservice.applications import service as applications_service
 from keyservice.events.catalogue import BY_TYPE, dump
 from keyservice.keys import service as keys_service
 from keyservice.models import Event
@@ -183,6 +184,68 @@ async def test_the_owner_key_of_a_new_account_is_recorded_as_created(
     _no_secret([event], tenant.owner_key)
 
 
+async def test_an_applications_life_is_recorded_with_its_documented_payloads(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    tenant = await create_tenant(session)
+    application = await create_application(client, tenant, description="Sync", monthly_quota=5000)
+    path = f"/v1/applications/{application['id']}"
+    response = await client.patch(
+        path,
+        headers=tenant.headers,
+        json={
+            "permissions": ["contacts:read"],
+            "developer_email": "ops@partner.example",
+            "rate_limit": {"limit": 5},
+            "monthly_quota": None,
+        },
+    )
+    assert response.status_code == 200, response.text
+    # A change to nothing records nothing.
+    await client.patch(path, headers=tenant.headers, json={"permissions": ["contacts:read"]})
+    first = await create_key(client, tenant, application["id"])
+    second = await create_key(client, tenant, application["id"])
+    assert (await client.delete(path, headers=tenant.headers)).status_code == 204
+
+    events = [
+        e for e in await _events(client, tenant.headers) if e["type"].startswith("application.")
+    ]
+    assert [e["type"] for e in events] == [
+        "application.deleted",
+        "application.updated",
+        "application.created",
+    ]
+    assert {e["key_id"] for e in events} == {None}
+    deleted, updated, created = (e["data"] for e in events)
+    assert created == {
+        "application_id": application["id"],
+        "name": "Zapier sync",
+        "developer_email": "dev@partner.example",
+        "description": "Sync",
+        "permissions": ["contacts:read", "contacts:write", "deals:*"],
+        "rate_limit": None,
+        "monthly_quota": 5000,
+    }
+    assert updated == {
+        "application_id": application["id"],
+        "changes": {
+            "developer_email": {"from": "dev@partner.example", "to": "ops@partner.example"},
+            "permissions": {
+                "from": ["contacts:read", "contacts:write", "deals:*"],
+                "to": ["contacts:read"],
+            },
+            "rate_limit": {"from": None, "to": {"limit": 5, "period_seconds": 1, "burst": 5}},
+            "monthly_quota": {"from": 5000, "to": None},
+        },
+    }
+    assert deleted == {
+        "application_id": application["id"],
+        "name": "Zapier sync",
+        "key_ids": [first["id"], second["id"]],
+    }
+    _no_secret(events, first["key"], second["key"])
+
+
 async def test_a_change_rolled_back_records_nothing(
     client: httpx.AsyncClient,
     session: AsyncSession,
@@ -193,19 +256,24 @@ async def test_a_change_rolled_back_records_nothing(
     application = await create_application(client, tenant)
     created = await create_key(client, tenant, application["id"])
     principal = await _principal(app, tenant)
+    before = await _events(client, tenant.headers)
 
     async with sessionmaker() as attempt:
         await keys_service.revoke_key(attempt, principal, uuid.UUID(created["id"]))
-        # The event is part of the change's transaction...
-        types = await attempt.scalars(
-            select(Event.type).where(Event.key_id == uuid.UUID(created["id"]))
+        await applications_service.delete_application(
+            attempt, principal, uuid.UUID(application["id"])
         )
-        assert "key.revoked" in list(types)
-        # ...and goes with it.
+        # The events are part of the changes' transaction...
+        recorded = await attempt.scalars(
+            select(Event.type).where(Event.account_id == tenant.account.id)
+        )
+        assert {"key.revoked", "application.deleted"} <= set(recorded)
+        # ...and go with it.
         await attempt.rollback()
 
-    events = await _events(client, tenant.headers, key_id=created["id"])
-    assert [e["type"] for e in events] == ["key.created"]
+    assert await _events(client, tenant.headers) == before
+    response = await client.get(f"/v1/applications/{application['id']}", headers=tenant.headers)
+    assert response.status_code == 200
     key = (await client.get(f"/v1/keys/{created['id']}", headers=tenant.headers)).json()
     assert key["status"] == "active"
 
