@@ -12,11 +12,12 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from factories import Tenant, auth, create_application, create_key, create_tenant
+from factories import Tenant, auth, create_application, create_key, create_tenant, create_user
+from keyservice.accounts import service as accounts_service
 from keyservice.applications import service as applications_service
 from keyservice.events.catalogue import BY_TYPE, dump
 from keyservice.keys import service as keys_service
-from keyservice.models import Event
+from keyservice.models import Event, Role
 from keyservice.security import hash_key
 from keyservice.verification.service import Principal
 
@@ -246,6 +247,79 @@ async def test_an_applications_life_is_recorded_with_its_documented_payloads(
     _no_secret(events, first["key"], second["key"])
 
 
+async def test_members_added_updated_and_removed_with_their_documented_payloads(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    tenant = await create_tenant(session)
+    password = "correct horse battery staple"
+    response = await client.post(
+        "/v1/account/members",
+        headers=tenant.headers,
+        json={"email": "Dana@Example.com", "role": "member", "password": password},
+    )
+    assert response.status_code == 201, response.text
+    user_id = response.json()["user_id"]
+    path = f"/v1/account/members/{user_id}"
+    await client.patch(path, headers=tenant.headers, json={"role": "admin"})
+    await client.patch(path, headers=tenant.headers, json={"role": "admin"})  # no change
+    assert (await client.delete(path, headers=tenant.headers)).status_code == 204
+
+    events = await _events(client, tenant.headers)
+    members = [e for e in events if e["type"].startswith("member.")]
+    assert [(e["type"], e["key_id"]) for e in members] == [
+        ("member.removed", None),
+        ("member.updated", None),
+        ("member.added", None),
+    ]
+    member = {"user_id": user_id, "email": "dana@example.com"}
+    assert [e["data"] for e in members] == [
+        {**member, "role": "admin"},
+        {**member, "changes": {"role": {"from": "member", "to": "admin"}}},
+        {**member, "role": "member", "invited": False},
+    ]
+    _no_secret(events, password)
+
+
+async def test_an_invited_user_is_added_when_they_accept(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    first = await create_tenant(session, "First")
+    second = await create_tenant(session, "Second")
+    email, user_id = first.owner.email, str(first.owner.id)
+
+    async def member_events(tenant: Tenant) -> list[dict[str, Any]]:
+        headers = {**tenant.headers, "X-Account-Id": str(tenant.account.id)}
+        events = await _events(client, headers)
+        return [e for e in events if e["type"].startswith("member.")]
+
+    response = await client.post(
+        "/v1/account/members", headers=second.headers, json={"email": email, "role": "member"}
+    )
+    token = response.json()["invitation_token"]
+    path = f"/v1/account/members/{user_id}"
+    await client.patch(path, headers=second.headers, json={"role": "admin"})
+    # An invitation is no member yet: nothing so far.
+    assert await member_events(second) == []
+
+    response = await client.post(
+        "/v1/users/me/invitations/accept", headers=first.headers, json={"token": token}
+    )
+    assert response.status_code == 200, response.text
+    events = await member_events(second)
+    assert [e["data"] for e in events] == [
+        {"user_id": user_id, "email": email, "role": "admin", "invited": True}
+    ]
+    _no_secret(events, token, first.owner_key)
+    # The account they come from hears nothing of it.
+    assert await member_events(first) == []
+
+    # An invitation withdrawn before it is accepted records nothing either.
+    third = await create_tenant(session, "Third")
+    await client.post("/v1/account/members", headers=third.headers, json={"email": email})
+    assert (await client.delete(path, headers=third.headers)).status_code == 204
+    assert await member_events(third) == []
+
+
 async def test_a_change_rolled_back_records_nothing(
     client: httpx.AsyncClient,
     session: AsyncSession,
@@ -255,6 +329,7 @@ async def test_a_change_rolled_back_records_nothing(
     tenant = await create_tenant(session)
     application = await create_application(client, tenant)
     created = await create_key(client, tenant, application["id"])
+    member = await create_user(session, accounts={tenant.account.id: Role.admin})
     principal = await _principal(app, tenant)
     before = await _events(client, tenant.headers)
 
@@ -263,11 +338,12 @@ async def test_a_change_rolled_back_records_nothing(
         await applications_service.delete_application(
             attempt, principal, uuid.UUID(application["id"])
         )
+        await accounts_service.remove_member(attempt, principal, user_id=member.id)
         # The events are part of the changes' transaction...
         recorded = await attempt.scalars(
             select(Event.type).where(Event.account_id == tenant.account.id)
         )
-        assert {"key.revoked", "application.deleted"} <= set(recorded)
+        assert {"key.revoked", "application.deleted", "member.removed"} <= set(recorded)
         # ...and go with it.
         await attempt.rollback()
 
@@ -276,6 +352,8 @@ async def test_a_change_rolled_back_records_nothing(
     assert response.status_code == 200
     key = (await client.get(f"/v1/keys/{created['id']}", headers=tenant.headers)).json()
     assert key["status"] == "active"
+    response = await client.get(f"/v1/account/members/{member.id}", headers=tenant.headers)
+    assert response.status_code == 200
 
 
 async def test_another_accounts_events_are_never_shown(

@@ -344,13 +344,15 @@ EVENT_TYPES: tuple[EventType, ...] = (
     ),
     EventType(
         "member.updated",
-        "A member's role changed.",
+        "A member's role changed. An invitation's role changed before it is accepted records "
+        "nothing: `member.added` carries the role it is accepted with.",
         MemberUpdatedData,
         {**_MEMBER, "changes": {"role": {"from": "member", "to": "admin"}}},
     ),
     EventType(
         "member.removed",
-        "A member was removed from the account: their personal keys no longer reach it.",
+        "A member was removed from the account: their personal keys no longer reach it. An "
+        "invitation withdrawn before it was accepted records nothing.",
         MemberRemovedData,
         {**_MEMBER, "role": "admin"},
     ),
