@@ -451,3 +451,44 @@ async def test_console_logins_and_logouts_record_no_key_events(
         await client.delete("/v1/sessions/current", headers=auth(session_key))
     ).status_code == 204
     assert await _events(client, tenant.headers) == before
+
+
+KEYSERVICE_EVENT_TYPES = {
+    "key.created",
+    "key.updated",
+    "key.rotated",
+    "key.revoked",
+    "application.created",
+    "application.updated",
+    "application.deleted",
+    "member.added",
+    "member.updated",
+    "member.removed",
+    "usage.threshold",
+}
+
+
+async def test_the_catalogue_lists_every_type_with_its_schema_and_a_valid_example(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    tenant = await create_tenant(session)
+    # Any key of the account reads it, even one holding none of keyservice's scopes.
+    response = await client.post(
+        "/v1/users/me/keys",
+        headers=tenant.headers,
+        json={"name": "Receiver", "scopes": ["contacts:read"]},
+    )
+    response = await client.get("/v1/event-types", headers=auth(response.json()["key"]))
+    assert response.status_code == 200, response.text
+    listed = response.json()["data"]
+    assert [t["type"] for t in listed] == list(BY_TYPE)
+    assert set(BY_TYPE) == KEYSERVICE_EVENT_TYPES
+    for entry in listed:
+        model = BY_TYPE[entry["type"]].model
+        assert entry["description"]
+        assert entry["scope"].startswith("keyservice:")
+        assert entry["scope"].endswith(":read")
+        assert entry["data_schema"] == model.model_json_schema()
+        assert dump(model.model_validate(entry["data_example"])) == entry["data_example"]
+
+    assert (await client.get("/v1/event-types")).status_code == 401

@@ -6,20 +6,23 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from keyservice.db import SessionDep
-from keyservice.errors import responses
+from keyservice.errors import InsufficientRole, InsufficientScope, responses
 from keyservice.events import service
-from keyservice.events.schemas import EventOut
+from keyservice.events.schemas import EventOut, EventTypeOut, EventTypes
 from keyservice.pagination import Page, PageDep
 from keyservice.verification.dependency import AUTH_ERRORS, require
 from keyservice.verification.service import Principal
 
-# Listed under usage too, where its first events (the alerts) were.
-router = APIRouter(tags=["usage", "events"])
+router = APIRouter()
 
 EventReader = Annotated[Principal, Depends(require("keyservice:usage:read"))]
+AnyKey = Annotated[Principal, Depends(require())]
+# No scope is asked for, so none can be missing.
+ANY_KEY_ERRORS = tuple(e for e in AUTH_ERRORS if e not in (InsufficientScope, InsufficientRole))
 
 
-@router.get("/v1/events", responses=responses(*AUTH_ERRORS))
+# Listed under usage too, where its first events (the alerts) were.
+@router.get("/v1/events", tags=["usage", "events"], responses=responses(*AUTH_ERRORS))
 async def list_events(
     session: SessionDep,
     actor: EventReader,
@@ -43,3 +46,15 @@ async def list_events(
         session, actor, page=page, type_=type, key_id=key_id
     )
     return Page(data=[EventOut.model_validate(e) for e in events], next_cursor=next_cursor)
+
+
+@router.get("/v1/event-types", tags=["events"], responses=responses(*ANY_KEY_ERRORS))
+async def list_event_types(actor: AnyKey) -> EventTypes:
+    """The catalogue of event types: for each, what it means, the scope that shows it in `GET
+    /v1/events`, the JSON Schema of its `data` and an example. Payloads carry ids and the
+    fields that changed, never a secret; they may gain fields, never lose any.
+
+    Any valid key of the account reads it, whatever its scopes: the catalogue says nothing
+    about the account, only about keyservice, and whoever writes the code that consumes
+    events needs it, whatever their key may do."""
+    return EventTypes(data=[EventTypeOut.of(t) for t in service.event_types()])

@@ -98,6 +98,11 @@ async def joined_accounts(session: AsyncSession, user_id: uuid.UUID) -> Sequence
     ).all()
 
 
+def event_types() -> tuple[catalogue.EventType, ...]:
+    """Every type of event keyservice records."""
+    return catalogue.EVENT_TYPES
+
+
 async def list_events(
     session: AsyncSession,
     actor: Principal,
