@@ -37,7 +37,7 @@ async def list_events(
     and deleted, its members added (at once, or when they accept an invitation), updated and
     removed, and `usage.threshold` when a key crosses 80% and 100% of its monthly quota, or
     keeps being refused within an hour (once per threshold and period). Each is recorded with
-    the change that caused it, never without it; webhooks deliver from this list.
+    the change that caused it, never without it; webhooks will deliver from this list.
 
     An event shows what it is about, so a key sees only the events it could read otherwise:
     `key.*` take `keyservice:keys:read`, `application.*` `keyservice:applications:read` and

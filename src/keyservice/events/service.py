@@ -2,7 +2,7 @@
 
 An event is recorded by the service that caused it, in the caller's transaction: it is written
 with the change or not at all, and a rolled-back change records nothing. The events table is the
-outbox that webhooks deliver from. Payloads are the catalogue's models (``catalogue.py``), so
+outbox that webhooks will deliver from. Payloads are the catalogue's models (``catalogue.py``), so
 that what is stored is what is documented.
 """
 
