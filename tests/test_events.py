@@ -4,18 +4,23 @@ transaction; an account sees its own events only, and only those its key could r
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from conftest import client_for
 from factories import Tenant, auth, create_application, create_key, create_tenant, create_user
 from keyservice.accounts import service as accounts_service
 from keyservice.applications import service as applications_service
-from keyservice.events.catalogue import BY_TYPE, dump
+from keyservice.events import service as events_service
+from keyservice.events.catalogue import BY_TYPE, UsageThresholdData, dump
 from keyservice.keys import service as keys_service
 from keyservice.models import Event, Role
 from keyservice.security import hash_key
@@ -320,6 +325,44 @@ async def test_an_invited_user_is_added_when_they_accept(
     assert await member_events(third) == []
 
 
+async def test_usage_alerts_are_recorded_once_with_their_documented_payloads(
+    session: AsyncSession, make_app: Callable[..., FastAPI]
+) -> None:
+    app = make_app(rate_limited_alert_refusals=2)
+    async with client_for(app) as client:
+        tenant = await create_tenant(session)
+        application = await create_application(client, tenant)
+        quota = await create_key(client, tenant, application["id"], monthly_quota=5)
+        rate = await create_key(
+            client, tenant, application["id"], rate_limit={"limit": 1, "period_seconds": 3600}
+        )
+        for _ in range(7):
+            for key in (quota, rate):
+                await client.post("/v1/verify", json={"key": key["key"]})
+            await app.state.verifier.usage.flush()
+
+        quota_events = await _events(client, tenant.headers, key_id=quota["id"])
+        rate_events = await _events(client, tenant.headers, key_id=rate["id"])
+
+    thresholds = [
+        {k: v for k, v in e["data"].items() if k != "month"}  # the model checks its form
+        for e in quota_events
+        if e["type"] == "usage.threshold" and e["data"]["kind"] == "monthly_quota"
+    ]
+    assert sorted(thresholds, key=lambda d: d["percent"]) == [
+        {"key_id": quota["id"], "kind": "monthly_quota", "percent": 80, "quota": 5, "used": 4},
+        {"key_id": quota["id"], "kind": "monthly_quota", "percent": 100, "quota": 5, "used": 5},
+    ]
+    (rate_limited,) = [e["data"] for e in rate_events if e["type"] == "usage.threshold"]
+    assert rate_limited["key_id"] == rate["id"]
+    assert rate_limited["kind"] == "rate_limited"
+    assert rate_limited["threshold"] == 2
+    assert rate_limited["rate_limited"] >= 2
+    hour = datetime.fromisoformat(rate_limited["hour"])
+    assert hour.utcoffset() == timedelta(0)
+    assert (hour.minute, hour.second) == (0, 0)
+
+
 async def test_a_change_rolled_back_records_nothing(
     client: httpx.AsyncClient,
     session: AsyncSession,
@@ -492,3 +535,24 @@ async def test_the_catalogue_lists_every_type_with_its_schema_and_a_valid_exampl
         assert dump(model.model_validate(entry["data_example"])) == entry["data_example"]
 
     assert (await client.get("/v1/event-types")).status_code == 401
+
+
+async def test_only_a_catalogued_payload_is_recorded_and_a_dedupe_key_records_once(
+    session: AsyncSession,
+) -> None:
+    tenant = await create_tenant(session)
+
+    class Undocumented(BaseModel):
+        secret: str
+
+    with pytest.raises(TypeError, match="Undocumented"):
+        await events_service.record(
+            session, account_id=tenant.account.id, data=Undocumented(secret="x")
+        )
+    data = UsageThresholdData.model_validate(BY_TYPE["usage.threshold"].example)
+    for _ in range(2):
+        await events_service.record(
+            session, account_id=tenant.account.id, data=data, dedupe_key="once"
+        )
+    recorded = await session.scalars(select(Event).where(Event.dedupe_key == "once"))
+    assert [(e.type, e.data) for e in recorded] == [("usage.threshold", dump(data))]
