@@ -1,5 +1,5 @@
 """The catalogue of keyservice's own events: each type's payload (an event's ``data``) as a
-pydantic model, what it means, and an example. ``GET /v1/event-types`` lists it, and webhooks
+pydantic model, what it means, and an example. ``GET /v1/event-types`` lists it, and webhooks will
 deliver from it.
 
 A payload carries the ids of what changed and the fields that changed, never a secret: no key,

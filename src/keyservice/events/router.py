@@ -54,7 +54,7 @@ async def list_event_types(actor: AnyKey) -> EventTypes:
     /v1/events`, the JSON Schema of its `data` and an example. Payloads carry ids and the
     fields that changed, never a secret; they may gain fields, never lose any.
 
-    Any valid key of the account reads it, whatever its scopes: the catalogue says nothing
-    about the account, only about keyservice, and whoever writes the code that consumes
-    events needs it, whatever their key may do."""
+    Any valid key of the account reads it, whatever its scopes: the catalogue tells nothing of
+    the account, only of keyservice, and whoever writes the code that consumes events needs
+    it."""
     return EventTypes(data=[EventTypeOut.of(t) for t in service.event_types()])
