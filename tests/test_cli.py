@@ -204,6 +204,14 @@ async def test_an_owner_who_lost_their_key_gets_a_new_one(tmp_path: Path) -> Non
     assert events[0]["details"]["scopes"] == ["keyservice:*"]
     assert events[0]["details"]["via"] == "keyservice command on the server"
     assert key not in str(events)
+    # And its events: the new key, created (after the lost one, at bootstrap).
+    events = (await _get(tmp_path, "/v1/events?type=key.created", auth(key))).json()
+    assert [e["data"]["name"] for e in events["data"]] == [
+        "Owner key (issued on the server)",
+        "Owner key (bootstrap)",
+    ]
+    assert key not in str(events)
+    assert lost not in str(events)
 
     result = _cli(
         tmp_path, "issue-owner-key", "--email", "ann@example.com", "--account-id", account["id"]

@@ -39,7 +39,13 @@ async def test_every_route_hides_another_accounts_objects(
         assert response.json()["type"] == "urn:keyservice:problem:not-found"
         assert "Victim" not in response.text
 
-    for path in ("/v1/applications", "/v1/keys", "/v1/account/members", "/v1/audit-events"):
+    for path in (
+        "/v1/applications",
+        "/v1/keys",
+        "/v1/account/members",
+        "/v1/audit-events",
+        "/v1/events",
+    ):
         response = await client.get(path, headers=intruder.headers)
         assert response.status_code == 200
         text = response.text

@@ -171,7 +171,9 @@ async def test_monthly_quota(
     for _ in range(3):
         await _verify(client, created["key"])
     await app.state.verifier.usage.flush()
-    again = (await client.get("/v1/events", headers=tenant.headers)).json()["data"]
+    again = (
+        await client.get("/v1/events", params={"type": "usage.threshold"}, headers=tenant.headers)
+    ).json()["data"]
     assert len(again) == 2
 
     # Raising the quota lets the key through at once.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +23,12 @@ from keyservice.verification.endpoints import endpoint_template
 
 async def _flush(app: FastAPI) -> None:
     await app.state.verifier.usage.flush()
+
+
+async def _alerts(client: httpx.AsyncClient, headers: dict[str, str]) -> list[dict[str, Any]]:
+    response = await client.get("/v1/events", params={"type": "usage.threshold"}, headers=headers)
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
 
 
 async def test_counts_per_endpoint_allowed_and_refused(
@@ -173,11 +180,11 @@ async def test_keeping_being_rate_limited_raises_one_alert_per_hour(
         for _ in range(5):
             await client.post("/v1/verify", json={"key": created["key"], "scopes": ["deals:write"]})
         await _flush(app)
-        assert (await client.get("/v1/events", headers=tenant.headers)).json()["data"] == []
+        assert await _alerts(client, tenant.headers) == []
         for _ in range(6):
             await client.post("/v1/verify", json={"key": created["key"]})
             await _flush(app)
-        events = (await client.get("/v1/events", headers=tenant.headers)).json()["data"]
+        events = await _alerts(client, tenant.headers)
         usage = (await client.get(f"/v1/keys/{created['id']}/usage", headers=tenant.headers)).json()
     assert len(events) == 1
     assert events[0]["type"] == "usage.threshold"

@@ -29,6 +29,7 @@ from keyservice.errors import (
     problem_response,
     unexpected_error_response,
 )
+from keyservice.events.router import router as events_router
 from keyservice.health import router as health_router
 from keyservice.keys.router import router as keys_router
 from keyservice.migrate import head_revision
@@ -219,6 +220,7 @@ def create_app(
         applications_router,
         keys_router,
         usage_router,
+        events_router,
         audit_router,
     ):
         app.include_router(router)

@@ -13,6 +13,8 @@ from keyservice.accounts import passwords
 from keyservice.accounts.passwords import hash_password
 from keyservice.audit import service as audit
 from keyservice.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from keyservice.events import catalogue as event_types
+from keyservice.events import service as events
 from keyservice.invalidations import Target, invalidate
 from keyservice.models import (
     Account,
@@ -176,7 +178,23 @@ async def add_member(
         target_id=user.id,
         details={"email": email, "role": role.value},
     )
+    if token is None:
+        # An invitation makes no member until it is accepted: member.added waits for that.
+        await _record_added(session, membership, invited=False)
     return membership, token
+
+
+async def _record_added(session: AsyncSession, membership: Membership, *, invited: bool) -> None:
+    await events.record(
+        session,
+        account_id=membership.account_id,
+        data=event_types.MemberAddedData(
+            user_id=membership.user_id,
+            email=membership.user.email,
+            role=membership.role,
+            invited=invited,
+        ),
+    )
 
 
 async def accept_invitation(
@@ -211,6 +229,7 @@ async def accept_invitation(
         details={"role": membership.role.value},
         account_id=membership.account_id,
     )
+    await _record_added(session, membership, invited=True)
     return membership
 
 
@@ -238,6 +257,18 @@ async def change_role(
         target_id=user_id,
         details={"role": {"from": old.value, "to": role.value}},
     )
+    if membership.active:
+        await events.record(
+            session,
+            account_id=membership.account_id,
+            data=event_types.MemberUpdatedData(
+                user_id=user_id,
+                email=membership.user.email,
+                changes=event_types.MemberChanges.model_validate(
+                    {"role": event_types.change(old, role)}
+                ),
+            ),
+        )
     return membership
 
 
@@ -260,6 +291,14 @@ async def remove_member(session: AsyncSession, actor: Principal, *, user_id: uui
         target_id=user_id,
         details={"email": membership.user.email, "role": membership.role.value},
     )
+    if membership.active:
+        await events.record(
+            session,
+            account_id=membership.account_id,
+            data=event_types.MemberRemovedData(
+                user_id=user_id, email=membership.user.email, role=membership.role
+            ),
+        )
 
 
 async def bootstrap(
@@ -308,6 +347,7 @@ async def bootstrap(
         )
     )
     await session.flush()
+    await keys_service.record_created(session, key)
     return account, user, secret
 
 
@@ -377,6 +417,7 @@ async def issue_owner_key(
             "via": FROM_SERVER,
         },
     )
+    await keys_service.record_created(session, key)
     return key, secret
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -10,10 +11,12 @@ from keyservice import scopes as scope_rules
 from keyservice.applications.schemas import ApplicationCreate, ApplicationUpdate
 from keyservice.audit import service as audit
 from keyservice.errors import NotFound
+from keyservice.events import catalogue as event_types
+from keyservice.events import service as events
 from keyservice.invalidations import Target, invalidate
-from keyservice.models import Application
+from keyservice.models import ApiKey, Application
 from keyservice.pagination import PageParams, paginate
-from keyservice.ratelimit.schemas import limit_columns
+from keyservice.ratelimit.schemas import RateLimit, limit_columns
 from keyservice.verification.service import Principal
 
 
@@ -41,6 +44,19 @@ async def create_application(
         target_type="application",
         target_id=application.id,
         details={"name": application.name, "permissions": permissions},
+    )
+    await events.record(
+        session,
+        account_id=application.account_id,
+        data=event_types.ApplicationCreatedData(
+            application_id=application.id,
+            name=application.name,
+            developer_email=application.developer_email,
+            description=application.description,
+            permissions=application.permissions,
+            rate_limit=RateLimit.of(application),
+            monthly_quota=application.monthly_quota,
+        ),
     )
     return application
 
@@ -89,6 +105,7 @@ async def update_application(
         scope_rules.check_grantable(actor.scopes, changes["permissions"])
     if "developer_email" in changes:
         changes["developer_email"] = str(changes["developer_email"])
+    rate_limit = RateLimit.of(application)
     changed = audit.apply_changes(application, changes)
     if not changed:
         return application
@@ -104,7 +121,34 @@ async def update_application(
         target_id=application.id,
         details=changed,
     )
+    await _record_updated(session, application, changed, rate_limit)
     return application
+
+
+async def _record_updated(
+    session: AsyncSession,
+    application: Application,
+    changed: dict[str, dict[str, Any]],
+    rate_limit: RateLimit | None,
+) -> None:
+    """``application.updated`` with the changed fields as the API names them (a rate limit is
+    one field, not three columns)."""
+    changes: dict[str, Any] = {
+        field: event_types.change(changed[field]["from"], getattr(application, field))
+        for field in ("name", "developer_email", "description", "permissions", "monthly_quota")
+        if field in changed
+    }
+    if RateLimit.of(application) != rate_limit:
+        changes["rate_limit"] = event_types.change(rate_limit, RateLimit.of(application))
+    if changes:
+        await events.record(
+            session,
+            account_id=application.account_id,
+            data=event_types.ApplicationUpdatedData(
+                application_id=application.id,
+                changes=event_types.ApplicationChanges.model_validate(changes),
+            ),
+        )
 
 
 async def delete_application(
@@ -114,6 +158,13 @@ async def delete_application(
     application = await get_application(
         session, account_id=actor.account_id, application_id=application_id
     )
+    key_ids = (
+        await session.scalars(
+            select(ApiKey.id)
+            .where(ApiKey.application_id == application.id)
+            .order_by(ApiKey.created_at, ApiKey.id)
+        )
+    ).all()
     await session.delete(application)
     await session.flush()
     await invalidate(session, Target("application", application_id))
@@ -124,4 +175,11 @@ async def delete_application(
         target_type="application",
         target_id=application_id,
         details={"name": application.name},
+    )
+    await events.record(
+        session,
+        account_id=application.account_id,
+        data=event_types.ApplicationDeletedData(
+            application_id=application_id, name=application.name, key_ids=list(key_ids)
+        ),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,11 +14,13 @@ from keyservice import scopes as scope_rules
 from keyservice.applications import service as applications_service
 from keyservice.audit import service as audit
 from keyservice.errors import Conflict, Forbidden, NotFound
+from keyservice.events import catalogue as event_types
+from keyservice.events import service as events
 from keyservice.invalidations import Target, invalidate
 from keyservice.keys.schemas import KeyCreate, KeyUpdate
 from keyservice.models import ApiKey, Application, KeyKind, KeyStatus, utcnow
 from keyservice.pagination import PageParams, paginate
-from keyservice.ratelimit.schemas import limit_columns
+from keyservice.ratelimit.schemas import RateLimit, limit_columns
 from keyservice.security import Environment, generate_key, hash_key, key_hint
 from keyservice.verification.service import Actor, Principal, UserPrincipal
 
@@ -62,6 +65,44 @@ def check_issuable(actor: Actor, scopes: Sequence[str], environment: Environment
         raise Forbidden("A test key can only issue test keys")
 
 
+async def record_event(
+    session: AsyncSession, key: ApiKey, payload: type[event_types.KeyData], **fields: Any
+) -> None:
+    """Record an event about ``key`` (``payload`` with the key's ids and ``fields``) in the
+    caller's transaction: in its account, or, for a personal key, in each account its user has
+    joined (the accounts it reaches). A session key is a console's login, not a key anyone
+    manages: it records none."""
+    if key.kind is KeyKind.session:
+        return
+    data = payload(
+        key_id=key.id,
+        kind=key.kind.value,
+        application_id=key.application_id,
+        user_id=key.user_id,
+        **fields,
+    )
+    if key.account_id is not None:
+        await events.record(session, account_id=key.account_id, data=data, key_id=key.id)
+    elif key.user_id is not None:
+        await events.record_for_user(session, user_id=key.user_id, data=data, key_id=key.id)
+
+
+async def record_created(session: AsyncSession, key: ApiKey) -> None:
+    """``key.created`` for a new key, however it was issued."""
+    await record_event(
+        session,
+        key,
+        event_types.KeyCreatedData,
+        name=key.name,
+        hint=key.hint,
+        environment=key.environment,
+        scopes=key.scopes,
+        expires_at=key.expires_at,
+        rate_limit=RateLimit.of(key),
+        monthly_quota=key.monthly_quota,
+    )
+
+
 async def _issue(
     session: AsyncSession, actor: Actor, key: ApiKey, *, details: dict[str, object]
 ) -> None:
@@ -82,6 +123,7 @@ async def _issue(
             **details,
         },
     )
+    await record_created(session, key)
 
 
 def _issued(
@@ -212,6 +254,7 @@ async def update_key(
 ) -> ApiKey:
     """Rename a key or change its limits (an explicit null limit inherits again)."""
     key = await get_key(session, actor, key_id)
+    rate_limit = RateLimit.of(key)
     changes: dict[str, object] = {}
     if data.name is not None:
         changes["name"] = data.name
@@ -231,7 +274,34 @@ async def update_key(
             target_id=key.id,
             details=changed,
         )
+        await _record_updated(session, key, changed, rate_limit)
     return key
+
+
+async def _record_updated(
+    session: AsyncSession,
+    key: ApiKey,
+    changed: dict[str, dict[str, Any]],
+    rate_limit: RateLimit | None,
+) -> None:
+    """``key.updated`` with the changed fields as the API names them (a rate limit is one
+    field, not three columns)."""
+    changes: dict[str, Any] = {}
+    if "name" in changed:
+        changes["name"] = event_types.change(changed["name"]["from"], key.name)
+    if RateLimit.of(key) != rate_limit:
+        changes["rate_limit"] = event_types.change(rate_limit, RateLimit.of(key))
+    if "monthly_quota" in changed:
+        changes["monthly_quota"] = event_types.change(
+            changed["monthly_quota"]["from"], key.monthly_quota
+        )
+    if changes:
+        await record_event(
+            session,
+            key,
+            event_types.KeyUpdatedData,
+            changes=event_types.KeyChanges.model_validate(changes),
+        )
 
 
 async def revoke_key(session: AsyncSession, actor: Actor, key_id: uuid.UUID) -> ApiKey:
@@ -244,12 +314,14 @@ async def revoke_key(session: AsyncSession, actor: Actor, key_id: uuid.UUID) -> 
         .values(revoked_at=now, updated_at=now)
         .returning(ApiKey.id)
     )
+    key = await get_key(session, actor, key_id)
     if revoked is not None:
         await invalidate(session, Target("key", key_id))
         await audit.record(
             session, actor, action="key.revoked", target_type="api_key", target_id=key_id
         )
-    return await get_key(session, actor, key_id)
+        await record_event(session, key, event_types.KeyRevokedData, revoked_at=now)
+    return key
 
 
 async def rotate_key(
@@ -295,6 +367,14 @@ async def rotate_key(
         target_type="api_key",
         target_id=key.id,
         details={"grace_period_seconds": int(grace.total_seconds())},
+    )
+    await record_event(
+        session,
+        key,
+        event_types.KeyRotatedData,
+        hint=key.hint,
+        rotated_at=now,
+        previous_secret_expires_at=key.previous_expires_at,
     )
     return key, secret
 

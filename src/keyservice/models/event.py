@@ -11,8 +11,8 @@ from keyservice.models.base import Base, IdMixin, JSONType, utcnow
 
 
 class Event(IdMixin, Base):
-    """Something that happened to an account's keys (``usage.threshold``, ...): the outbox that
-    webhooks deliver from."""
+    """Something that happened in an account (``key.created``, ``usage.threshold``, ...; the
+    catalogue is ``keyservice.events.catalogue``): the outbox that webhooks will deliver from."""
 
     __tablename__ = "events"
     __table_args__ = (Index(None, "account_id", "created_at"),)

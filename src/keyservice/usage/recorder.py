@@ -36,10 +36,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyservice import metrics
 from keyservice.availability import Availability, describe
-from keyservice.db import dialect_upsert, upsert
+from keyservice.db import dialect_upsert
+from keyservice.events import service as events_service
+from keyservice.events.catalogue import BY_TYPE
 from keyservice.fields import MAX_ENDPOINT_LENGTH
 from keyservice.json_rows import JsonRows
-from keyservice.models import ApiKey, Event, UsageCounter, utcnow
+from keyservice.models import ApiKey, UsageCounter, utcnow
 from keyservice.models.base import UTCDateTime
 from keyservice.ratelimit.limiter import Decision
 from keyservice.ratelimit.policy import Limits
@@ -283,23 +285,19 @@ class UsageRecorder:
 
     @staticmethod
     async def _write_events(session: AsyncSession, events: Iterable[PendingEvent]) -> None:
-        table = Event.__table__
-        rows = [
-            {
-                "id": uuid.uuid4(),
-                "account_id": e.account_id,
-                "type": e.type,
-                "key_id": e.key_id,
-                "data": e.data,
-                "dedupe_key": e.dedupe_key,
-                "created_at": utcnow(),
-            }
-            for e in events
-        ]
-        await session.execute(
-            upsert(session, table)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        # A payload that is not its documented shape fails here, inside the flush: the row is
+        # then isolated and dropped like any other the database refuses.
+        await events_service.record_many(
+            session,
+            [
+                events_service.NewEvent(
+                    account_id=e.account_id,
+                    data=BY_TYPE[e.type].model.model_validate(e.data),
+                    key_id=e.key_id,
+                    dedupe_key=e.dedupe_key,
+                )
+                for e in events
+            ],
         )
 
     def _remember_written(self, written: list[tuple[uuid.UUID, datetime]]) -> None:

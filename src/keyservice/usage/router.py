@@ -11,12 +11,11 @@ from keyservice.db import SessionDep
 from keyservice.errors import NotFound, responses
 from keyservice.keys import service as keys_service
 from keyservice.models import utcnow
-from keyservice.pagination import Page, PageDep
 from keyservice.ratelimit.limiter import Limiter
 from keyservice.ratelimit.policy import effective_limits
 from keyservice.ratelimit.schemas import RateLimit
 from keyservice.usage import service
-from keyservice.usage.schemas import AccountUsage, EventOut, Granularity, KeyUsage, Limits
+from keyservice.usage.schemas import AccountUsage, Granularity, KeyUsage, Limits
 from keyservice.verification.dependency import AUTH_ERRORS, require
 from keyservice.verification.service import Principal
 
@@ -99,22 +98,3 @@ async def get_account_usage(
         top_endpoints=endpoints,
         top_keys=keys,
     )
-
-
-@router.get("/v1/events", tags=["events"], responses=responses(*AUTH_ERRORS))
-async def list_events(
-    session: SessionDep,
-    actor: UsageReader,
-    page: PageDep,
-    type: Annotated[
-        str | None, Query(max_length=64, pattern=r"^[a-z_.]+$", examples=["usage.threshold"])
-    ] = None,
-    key_id: Annotated[uuid.UUID | None, Query()] = None,
-) -> Page[EventOut]:
-    """The account's events, newest first: `usage.threshold` when a key crosses 80% and 100% of
-    its monthly quota, or keeps being refused within an hour. Each is recorded once per
-    threshold and period; webhooks deliver from this list."""
-    events, next_cursor = await service.list_events(
-        session, account_id=actor.account_id, page=page, type_=type, key_id=key_id
-    )
-    return Page(data=[EventOut.model_validate(e) for e in events], next_cursor=next_cursor)

@@ -122,26 +122,3 @@ class AccountUsage(BaseModel):
     series: Series
     top_endpoints: list[EndpointCounts]
     top_keys: list[KeyCounts] = Field(description="Over the series' range, busiest first.")
-
-
-class EventOut(BaseModel):
-    model_config = ConfigDict(
-        from_attributes=True,
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "8f1e2d3c-4b5a-4697-8e7f-6a5b4c3d2e1f",
-                    "type": "usage.threshold",
-                    "key_id": "1c4e2b7a-8f3d-4b8e-a0a1-6f9b3c2d1e0f",
-                    "data": {"kind": "monthly_quota", "percent": 80, "quota": 100000},
-                    "created_at": "2026-11-21T09:30:00Z",
-                }
-            ]
-        },
-    )
-
-    id: uuid.UUID
-    type: str
-    key_id: uuid.UUID | None
-    data: dict[str, Any]
-    created_at: datetime

@@ -13,8 +13,7 @@ from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.errors import ValidationFailed
-from keyservice.models import ApiKey, Event, UsageCounter, utcnow
-from keyservice.pagination import PageParams, paginate
+from keyservice.models import ApiKey, UsageCounter, utcnow
 from keyservice.ratelimit import buckets
 from keyservice.ratelimit.limiter import Limiter
 from keyservice.ratelimit.policy import Limits
@@ -184,22 +183,6 @@ async def account_usage(
         for key_id, name, *sums in top_keys.all()
     ]
     return hour, month, series, await _top_endpoints(session, scope, start, end), keys
-
-
-async def list_events(
-    session: AsyncSession,
-    *,
-    account_id: uuid.UUID,
-    page: PageParams,
-    type_: str | None = None,
-    key_id: uuid.UUID | None = None,
-) -> tuple[Sequence[Event], str | None]:
-    statement = select(Event).where(Event.account_id == account_id)
-    if type_ is not None:
-        statement = statement.where(Event.type == type_)
-    if key_id is not None:
-        statement = statement.where(Event.key_id == key_id)
-    return await paginate(session, statement, page, created_at=Event.created_at, id_=Event.id)
 
 
 async def quota_remaining(

@@ -1,0 +1,125 @@
+"""Recording events, and reading them back.
+
+An event is recorded by the service that caused it, in the caller's transaction: it is written
+with the change or not at all, and a rolled-back change records nothing. The events table is the
+outbox that webhooks will deliver from. Payloads are the catalogue's models (``catalogue.py``), so
+that what is stored is what is documented.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.db import upsert
+from keyservice.events import catalogue
+from keyservice.models import Event, Membership, utcnow
+from keyservice.pagination import PageParams, paginate
+from keyservice.verification.service import Principal
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    account_id: uuid.UUID
+    data: BaseModel
+    key_id: uuid.UUID | None = None
+    # At most one event per dedupe key, ever: "once per threshold and period" is a constraint.
+    dedupe_key: str | None = None
+
+
+async def record(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    data: BaseModel,
+    key_id: uuid.UUID | None = None,
+    dedupe_key: str | None = None,
+) -> None:
+    """Record an event of the account in the caller's transaction. Its type is the one whose
+    payload model ``data`` is."""
+    await record_many(
+        session,
+        [NewEvent(account_id=account_id, data=data, key_id=key_id, dedupe_key=dedupe_key)],
+    )
+
+
+async def record_for_user(
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID,
+    data: BaseModel,
+    key_id: uuid.UUID | None = None,
+) -> None:
+    """Record an event about a user's own things (their personal keys), which reach every
+    account the user has joined: in each of them, as the audit trail does. A user who has joined
+    no account has no one to tell."""
+    accounts = await joined_accounts(session, user_id)
+    await record_many(session, [NewEvent(account_id=a, data=data, key_id=key_id) for a in accounts])
+
+
+async def record_many(session: AsyncSession, events: Iterable[NewEvent]) -> None:
+    """Record events in one statement, in the caller's transaction. An event whose
+    ``dedupe_key`` was recorded before is skipped, not an error (``ON CONFLICT DO NOTHING``)."""
+    now = utcnow()
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "account_id": event.account_id,
+            "type": catalogue.type_of(event.data),
+            "key_id": event.key_id,
+            "data": catalogue.dump(event.data),
+            "dedupe_key": event.dedupe_key,
+            "created_at": now,
+        }
+        for event in events
+    ]
+    if not rows:
+        return
+    await session.execute(
+        upsert(session, Event.__table__)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+
+
+async def joined_accounts(session: AsyncSession, user_id: uuid.UUID) -> Sequence[uuid.UUID]:
+    """The accounts whose invitation the user has accepted (or that they joined at once)."""
+    return (
+        await session.scalars(
+            select(Membership.account_id).where(
+                Membership.user_id == user_id, Membership.accepted_at.is_not(None)
+            )
+        )
+    ).all()
+
+
+def event_types() -> tuple[catalogue.EventType, ...]:
+    """Every type of event keyservice records."""
+    return catalogue.EVENT_TYPES
+
+
+async def list_events(
+    session: AsyncSession,
+    actor: Principal,
+    *,
+    page: PageParams,
+    type_: str | None = None,
+    key_id: uuid.UUID | None = None,
+) -> tuple[Sequence[Event], str | None]:
+    """The actor's account's events, newest first, but for those it may not read: an event tells
+    what it is about (a member's email, a key's name), so each type takes the scope that reads
+    that (``EventType.scope``)."""
+    statement = select(Event).where(Event.account_id == actor.account_id)
+    hidden = [t.name for t in catalogue.EVENT_TYPES if not actor.allows(t.scope)]
+    if hidden:
+        statement = statement.where(Event.type.not_in(hidden))
+    if type_ is not None:
+        statement = statement.where(Event.type == type_)
+    if key_id is not None:
+        statement = statement.where(Event.key_id == key_id)
+    return await paginate(session, statement, page, created_at=Event.created_at, id_=Event.id)
