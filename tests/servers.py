@@ -4,6 +4,9 @@ see what a user runs (its logging, its workers)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+# The repository's root: README.md, openapi/, deploy/.
+REPOSITORY = Path(__file__).resolve().parents[1]
+# A key as a new deployment prints it (the default prefix, live).
+KEY_RE = re.compile(r"ks_live_[0-9A-Za-z]{38}")
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+)
+
+
+def cli_env(directory: Path) -> dict[str, str]:
+    """The environment of a keyservice command: none of the caller's KEYSERVICE_ settings, and
+    a SQLite database of its own in ``directory``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
+    env["KEYSERVICE_DATABASE_URL"] = f"sqlite+aiosqlite:///{directory / 'keyservice.db'}"
+    return env
 
 
 def free_port() -> int:

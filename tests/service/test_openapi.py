@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from keyservice.config import Settings
 from keyservice.main import create_app
+from servers import REPOSITORY
 
 # Routes that take no key of their own: the catalogue, and logging in.
 PUBLIC = {"/v1/scopes", "/v1/sessions"}
-DOCUMENT = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
+DOCUMENT = REPOSITORY / "openapi" / "openapi.json"
 
 
 def _generated() -> dict[str, object]:

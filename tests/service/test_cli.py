@@ -4,8 +4,6 @@ key once with a curl to try, and serves; `keyservice bootstrap` does the same on
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import socket
 import subprocess
 import sys
@@ -20,14 +18,7 @@ from factories import auth
 from keyservice.cli import build_parser
 from keyservice.config import Settings
 from keyservice.main import create_app
-
-KEY_RE = re.compile(r"ks_live_[0-9A-Za-z]{38}")
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
-    env["KEYSERVICE_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'keyservice.db'}"
-    return env
+from servers import KEY_RE, cli_env, free_port
 
 
 def _cli(
@@ -35,7 +26,7 @@ def _cli(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "keyservice", *args],
-        env=_env(tmp_path) if env is None else env,
+        env=cli_env(tmp_path) if env is None else env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -44,19 +35,13 @@ def _cli(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_on_an_empty_database_prints_a_working_first_key(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "keyservice", "serve", "--port", str(port)],
-            env=_env(tmp_path),
+            env=cli_env(tmp_path),
             cwd=tmp_path,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -102,7 +87,7 @@ def test_bootstrap_on_demand_creates_another_account(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", ["serve", "migrate", "bootstrap"])
 def test_production_without_a_database_says_so_in_one_line(tmp_path: Path, command: str) -> None:
-    env = _env(tmp_path) | {"KEYSERVICE_MODE": "production"}
+    env = cli_env(tmp_path) | {"KEYSERVICE_MODE": "production"}
     del env["KEYSERVICE_DATABASE_URL"]
     result = _cli(tmp_path, command, env=env, check=False)
     assert result.returncode == 2
@@ -115,7 +100,7 @@ def test_production_without_a_database_says_so_in_one_line(tmp_path: Path, comma
 
 
 def test_a_bad_setting_is_named_without_a_traceback(tmp_path: Path) -> None:
-    env = _env(tmp_path) | {
+    env = cli_env(tmp_path) | {
         "KEYSERVICE_DB_POOL_SIZE": "lots",
         "KEYSERVICE_SCOPES": "contacts:read,leads",
     }
@@ -165,14 +150,14 @@ def _refused(result: subprocess.CompletedProcess[str], message: str) -> None:
 
 async def _get(tmp_path: Path, path: str, headers: dict[str, str]) -> httpx.Response:
     """A request to an instance on the commands' database."""
-    settings = Settings(_env_file=None, database_url=_env(tmp_path)["KEYSERVICE_DATABASE_URL"])
+    settings = Settings(_env_file=None, database_url=cli_env(tmp_path)["KEYSERVICE_DATABASE_URL"])
     app = create_app(settings)
     async with app.router.lifespan_context(app), client_for(app) as client:
         return await client.get(path, headers=headers)
 
 
 async def _login(tmp_path: Path, email: str, password: str) -> int:
-    settings = Settings(_env_file=None, database_url=_env(tmp_path)["KEYSERVICE_DATABASE_URL"])
+    settings = Settings(_env_file=None, database_url=cli_env(tmp_path)["KEYSERVICE_DATABASE_URL"])
     app = create_app(settings)
     async with app.router.lifespan_context(app), client_for(app) as client:
         response = await client.post("/v1/sessions", json={"email": email, "password": password})
@@ -184,7 +169,7 @@ async def test_an_owner_who_lost_their_key_gets_a_new_one(tmp_path: Path) -> Non
     [lost] = set(KEY_RE.findall(_cli(tmp_path, "bootstrap", "--email", "Ann@example.com").stdout))
     account = (await _get(tmp_path, "/v1/account", auth(lost))).json()
     # A member of the account, who is no owner.
-    settings = Settings(_env_file=None, database_url=_env(tmp_path)["KEYSERVICE_DATABASE_URL"])
+    settings = Settings(_env_file=None, database_url=cli_env(tmp_path)["KEYSERVICE_DATABASE_URL"])
     app = create_app(settings)
     async with app.router.lifespan_context(app), client_for(app) as client:
         response = await client.post(
@@ -256,7 +241,7 @@ async def test_set_password_from_the_server(tmp_path: Path) -> None:
             "ann@example.com",
             "--password-stdin",
         ],
-        env=_env(tmp_path),
+        env=cli_env(tmp_path),
         cwd=tmp_path,
         input="a long new password\n",
         capture_output=True,
@@ -274,7 +259,7 @@ async def test_set_password_from_the_server(tmp_path: Path) -> None:
     def prompted(answers: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "keyservice", "set-password", "--email", "ann@example.com"],
-            env=_env(tmp_path),
+            env=cli_env(tmp_path),
             cwd=tmp_path,
             input=answers,
             capture_output=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -16,12 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_cli import KEY_RE, _env, _free_port
+from servers import KEY_RE, NGINX, REPOSITORY, cli_env, free_port
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
-)
+README = REPOSITORY / "README.md"
 
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (.ci/run installs it)"
@@ -52,14 +48,14 @@ def _snippet() -> str:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
-    keyservice_port, backend_port, nginx_port = _free_port(), _free_port(), _free_port()
+    keyservice_port, backend_port, nginx_port = free_port(), free_port(), free_port()
     backend = ThreadingHTTPServer(("127.0.0.1", backend_port), _EchoKeyserviceHeaders)
     threading.Thread(target=backend.serve_forever, daemon=True).start()
     log = tmp_path / "keyservice.log"
     with log.open("w") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "keyservice", "serve", "--port", str(keyservice_port)],
-            env=_env(tmp_path),
+            env=cli_env(tmp_path),
             cwd=tmp_path,
             stdout=out,
             stderr=subprocess.STDOUT,

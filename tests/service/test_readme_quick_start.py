@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from factories import create_tenant
+from servers import REPOSITORY
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README = (REPOSITORY / "README.md").read_text()
 BASE = "http://127.0.0.1:8000"
 
 

@@ -23,11 +23,9 @@ import pytest
 from keyservice import migrate
 from keyservice.config import Settings
 from pgcluster import Cluster
-from servers import free_port, serving
-from test_cli import KEY_RE
-from test_proxy_nginx import NGINX
+from servers import KEY_RE, NGINX, REPOSITORY, free_port, serving
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = REPOSITORY / "deploy"
 
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="nginx is not installed (.ci/run installs it)"

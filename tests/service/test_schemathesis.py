@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_cli import KEY_RE, _env, _free_port
+from servers import KEY_RE, REPOSITORY, cli_env, free_port
 
-DOCUMENT = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
+DOCUMENT = REPOSITORY / "openapi" / "openapi.json"
 # Bounded so that the suite stays quick; raise them to look further (a seed repeats a run).
 EXAMPLES_PER_OPERATION = int(os.environ.get("KEYSERVICE_TEST_FUZZ_EXAMPLES", "15"))
 SEED = int(os.environ.get("KEYSERVICE_TEST_FUZZ_SEED", "20260101"))
@@ -154,7 +154,7 @@ class Server:
 
 @pytest.fixture
 def server(fresh_database_url: str, tmp_path: Path) -> Iterator[Server]:
-    env = _env(tmp_path) | {
+    env = cli_env(tmp_path) | {
         "KEYSERVICE_DATABASE_URL": fresh_database_url,
         # The fuzzer sends a great many bad keys from one address: with the failure throttle on,
         # everything after the first minute would be a 429. The throttle has tests of its own.
@@ -168,7 +168,7 @@ def server(fresh_database_url: str, tmp_path: Path) -> Iterator[Server]:
         timeout=120,
         check=True,
     )
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         process = subprocess.Popen(

@@ -16,8 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import secrets_seen
 from factories import create_application, create_key, create_tenant
 from keyservice import logs
-from servers import serving
-from test_cli import KEY_RE, _env
+from servers import KEY_RE, cli_env, serving
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -85,7 +84,7 @@ def test_lines_are_written_by_a_thread_of_their_own() -> None:
 
 
 def test_serve_writes_json_lines_and_no_uvicorn_access_line(tmp_path: Path) -> None:
-    env = _env(tmp_path) | {"KEYSERVICE_LOG_FORMAT": "json"}
+    env = cli_env(tmp_path) | {"KEYSERVICE_LOG_FORMAT": "json"}
     with serving(tmp_path, env) as server:
         [key] = KEY_RE.findall(server.output())[:1]
         headers = {"Authorization": f"Bearer {key}", "X-Request-Id": "from-the-test"}

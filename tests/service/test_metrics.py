@@ -16,8 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from conftest import client_for
 from factories import auth, create_application, create_key, create_tenant
-from servers import serving
-from test_cli import KEY_RE, _env
+from servers import KEY_RE, cli_env, serving
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -90,7 +89,7 @@ async def test_metrics_may_require_a_token(
 
 def test_workers_report_their_metrics_together(tmp_path: Path, postgres_url: str) -> None:
     """With two workers, a scrape answered by either reports both workers' counts."""
-    env = _env(tmp_path) | {"KEYSERVICE_DATABASE_URL": postgres_url}
+    env = cli_env(tmp_path) | {"KEYSERVICE_DATABASE_URL": postgres_url}
     bootstrap = subprocess.run(
         [sys.executable, "-m", "keyservice", "bootstrap", "--if-empty"],
         env=env,
