@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     )
 
     # Operations
+    metrics_enabled: bool = Field(
+        default=True,
+        description="false: no request is counted and GET /metrics answers 404.",
+    )
     metrics_token: SecretStr | None = Field(
         default=None,
         description="When set, GET /metrics requires `Authorization: Bearer <token>`.",

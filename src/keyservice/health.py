@@ -11,7 +11,13 @@ from keyservice import metrics
 from keyservice.availability import describe
 from keyservice.config import SettingsDep
 from keyservice.db import SessionDep
-from keyservice.errors import DatabaseUnavailable, ServiceUnavailable, Unauthorized, responses
+from keyservice.errors import (
+    DatabaseUnavailable,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+    responses,
+)
 from keyservice.migrate import current_revision
 from keyservice.scopes import KEYSERVICE_SCOPES
 
@@ -90,7 +96,7 @@ class MetricsUnauthorized(Unauthorized):
             "description": "The metrics in Prometheus' text format.",
             "content": {metrics.CONTENT_TYPE: {"schema": {"type": "string"}}},
         },
-        **responses(MetricsUnauthorized),
+        **responses(MetricsUnauthorized, NotFound),
     },
 )
 async def get_metrics(request: Request, settings: SettingsDep) -> Response:
@@ -98,6 +104,8 @@ async def get_metrics(request: Request, settings: SettingsDep) -> Response:
     rate-limit refusals, the usage flush, the database pool, and HTTP requests by route template
     and status with their latency. No metric has a per-key label. When the deployment sets
     `KEYSERVICE_METRICS_TOKEN`, send it as `Authorization: Bearer <token>`."""
+    if not settings.metrics_enabled:
+        raise NotFound("Metrics are off in this deployment (KEYSERVICE_METRICS_ENABLED)")
     if settings.metrics_token is not None:
         expected = f"Bearer {settings.metrics_token.get_secret_value()}".encode()
         sent = request.headers.get("authorization", "").encode()

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keyservice import __version__, apidocs
+from keyservice import __version__, apidocs, metrics
 from keyservice.accounts.router import router as accounts_router
 from keyservice.accounts.router import sessions_router
 from keyservice.applications.router import router as applications_router
@@ -168,6 +168,7 @@ def create_app(
     otherwise the app's lifespan starts and stops its runtime (``keyservice.runtime``): the
     engine, the invalidation listener (PostgreSQL), the usage flusher and the rest."""
     settings = settings or get_settings()
+    metrics.configure(enabled=settings.metrics_enabled)
     runtime = Runtime(settings, sessionmaker=sessionmaker)
 
     @asynccontextmanager

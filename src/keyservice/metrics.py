@@ -116,16 +116,34 @@ class _Bound:
 
 
 _bound = _Bound()
-CACHE_HIT = KEY_CACHE.labels("hit")
-CACHE_MISS = KEY_CACHE.labels("miss")
+_CACHE_HIT = KEY_CACHE.labels("hit")
+_CACHE_MISS = KEY_CACHE.labels("miss")
+# Whether requests are counted (KEYSERVICE_METRICS_ENABLED): the process's, as the registry is.
+_recording = True
+
+
+def configure(*, enabled: bool) -> None:
+    global _recording
+    _recording = enabled
+
+
+def recording() -> bool:
+    return _recording
 
 
 def verification(path: str, code: str) -> None:
-    _bound.get(VERIFICATIONS, path, code).inc()
+    if _recording:
+        _bound.get(VERIFICATIONS, path, code).inc()
+
+
+def cache_lookup(*, hit: bool) -> None:
+    if _recording:
+        (_CACHE_HIT if hit else _CACHE_MISS).inc()
 
 
 def http_request(route: str, method: str, status: int, seconds: float) -> None:
-    _bound.get(HTTP_REQUESTS, route, method, str(status)).observe(seconds)
+    if _recording:
+        _bound.get(HTTP_REQUESTS, route, method, str(status)).observe(seconds)
 
 
 def rate_limit_refusal(kind: str) -> None:

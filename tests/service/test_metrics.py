@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from conftest import client_for
 from factories import auth, create_application, create_key, create_tenant
+from keyservice import metrics
 from servers import KEY_RE, cli_env, serving
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -115,3 +116,22 @@ def test_workers_report_their_metrics_together(tmp_path: Path, postgres_url: str
             )
             totals.add(valid)
         assert totals == {40.0}
+
+
+async def test_metrics_can_be_off(
+    session: AsyncSession, make_app: Callable[..., FastAPI], client: httpx.AsyncClient
+) -> None:
+    before = _samples((await client.get("/metrics")).text)
+    app = make_app(metrics_enabled=False)
+    try:
+        async with client_for(app) as off:
+            tenant = await create_tenant(session)
+            assert (await off.get("/v1/account", headers=tenant.headers)).status_code == 200
+            assert (await off.get("/metrics")).status_code == 404
+    finally:
+        metrics.configure(enabled=True)
+    after = _samples((await client.get("/metrics")).text)
+    name = "keyservice_verifications_total"
+    assert _value(after, name, path="management", code="VALID") == _value(
+        before, name, path="management", code="VALID"
+    )

@@ -233,10 +233,8 @@ class Verifier:
         if len(key) <= MAX_KEY_LENGTH:
             key_hash = hash_key(key)
             record = self.cache.get(key_hash)
-        if record is not None:
-            metrics.CACHE_HIT.inc()
-        else:
-            metrics.CACHE_MISS.inc()
+        metrics.cache_lookup(hit=record is not None)
+        if record is None:
             try:
                 key_hash = parse_key(key, self.settings.key_prefix).hash
             except KeyFormatError as exc:
