@@ -317,3 +317,32 @@ async def test_without_install_the_status_and_headers_are_still_right(server: Se
 def test_scopes_are_checked_when_the_route_is_declared() -> None:
     with pytest.raises(ValueError, match="not a scope"):
         require_key("Contacts Read")
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "slug"),
+    [
+        ("MALFORMED", 401, "malformed-key"),
+        ("NOT_FOUND", 401, "unknown-key"),
+        ("REVOKED", 401, "revoked-key"),
+        ("EXPIRED", 401, "expired-key"),
+        ("INSUFFICIENT_SCOPE", 403, "insufficient-scope"),
+        ("ACCOUNT_FORBIDDEN", 403, "account-forbidden"),
+        ("ACCOUNT_REQUIRED", 400, "account-required"),
+        ("RATE_LIMITED", 429, "rate-limited"),
+        ("QUOTA_EXCEEDED", 429, "quota-exceeded"),
+        ("UNAVAILABLE", 503, "unavailable"),
+        ("A_CODE_OF_A_NEWER_SERVER", 401, "unauthorized"),  # refused all the same
+    ],
+)
+def test_every_refusal_has_its_answer(code: str, status: int, slug: str) -> None:
+    """The whole table, EXPIRED included (keyservice cannot issue a key that has expired)."""
+    guard = KeyserviceGuard("http://127.0.0.1:8000")
+    refusal = guard._verdict_refusal(code, None, {"Retry-After": "3"})
+    assert (refusal.status_code, refusal.problem["type"]) == (
+        status,
+        f"urn:keyservice:problem:{slug}",
+    )
+    headers = refusal.headers or {}
+    assert headers["Retry-After"] == "3"
+    assert ("WWW-Authenticate" in headers) == (status == 401)
