@@ -9,7 +9,7 @@ PORT ?= 8000
 
 help:
 	@echo "make run        install, migrate the embedded SQLite database and serve on :$(PORT)"
-	@echo "make test       install dev dependencies and run the suite (SQLite and PostgreSQL)"
+	@echo "make test       install dev dependencies and run the suite (SQLite and PostgreSQL, and the Python client's)"
 	@echo "make lint       ruff (lint + format check), mypy --strict, import-linter's contracts"
 	@echo "make bench      benchmark /v1/verify (rate limits, usage, two instances) on PostgreSQL (docs/performance.md)"
 	@echo "make openapi    regenerate openapi/openapi.json"
@@ -25,8 +25,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	@touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+# The Python client (clients/python) is installed beside the service: the suite runs its tests too.
+$(VENV)/.installed-dev: pyproject.toml clients/python/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]" -e "./clients/python[fastapi]"
 	@touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -42,17 +43,19 @@ test: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install-dev
-	$(BIN)/ruff check src tests migrations bench
-	$(BIN)/ruff format --check src tests migrations bench
+	$(BIN)/ruff check src tests migrations bench clients/python
+	$(BIN)/ruff format --check src tests migrations bench clients/python
 	$(BIN)/mypy
+	cd clients/python && $(abspath $(BIN))/mypy
 	$(BIN)/lint-imports --no-cache
 
 format: install-dev
-	$(BIN)/ruff format src tests migrations bench
-	$(BIN)/ruff check --fix src tests migrations bench
+	$(BIN)/ruff format src tests migrations bench clients/python
+	$(BIN)/ruff check --fix src tests migrations bench clients/python
 
 typecheck: install-dev
 	$(BIN)/mypy
+	cd clients/python && $(abspath $(BIN))/mypy
 
 migrate: install
 	$(BIN)/keyservice migrate
