@@ -15,6 +15,7 @@ from keyservice.errors import (
     AccountForbidden,
     AccountRequired,
     AmbiguousKey,
+    DatabaseUnavailable,
     ExpiredKey,
     Forbidden,
     InsufficientRole,
@@ -50,6 +51,8 @@ AUTH_ERRORS: tuple[type[KeyServiceError], ...] = (
     TooManyFailures,
     RateLimited,
     QuotaExceeded,
+    # Whatever the route: the database is unreachable, and the key was not verified before.
+    DatabaseUnavailable,
 )
 USER_AUTH_ERRORS: tuple[type[KeyServiceError], ...] = (*AUTH_ERRORS, Forbidden)
 

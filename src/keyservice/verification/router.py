@@ -5,16 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.params import Body
 
 from keyservice.errors import (
     AccountForbidden,
     BadRequest,
     Forbidden,
-    MissingKey,
-    TooManyFailures,
-    ValidationFailed,
     responses,
 )
 from keyservice.observability import note_key
@@ -40,7 +37,8 @@ FORWARD_SCOPES_HEADER = "x-keyservice-required-scopes"
     "/v1/verify",
     response_model=VerifyResponse,
     responses={
-        **responses(BadRequest, MissingKey, Forbidden, ValidationFailed, TooManyFailures),
+        # The caller's own key, when it authenticates, is refused like any route's.
+        **responses(BadRequest, Forbidden, *AUTH_ERRORS),
         503: {
             "model": VerifyResponse,
             "description": "No verdict can be had: the database is unreachable and the key is "
@@ -67,10 +65,11 @@ async def verify(
     While the database is unreachable, keys verified before the outage keep verifying for a
     while; any other answers 503 with `code` `UNAVAILABLE` and `Retry-After`.
 
-    The key goes in `key`, or in this request's `Authorization`/`x-api-key` header. When the
-    deployment sets `KEYSERVICE_VERIFY_REQUIRES_AUTH`, the caller sends its own key, holding
-    `keyservice:verify`, in the header, the key to check in `key`, and only keys of the caller's
-    account verify. Such a caller may name its own client's address in `client_address`, by
+    The key goes in `key`, or in this request's `Authorization`/`x-api-key` header. A request
+    with a key in both authenticates its caller: the header's key must hold `keyservice:verify`,
+    the key to check goes in `key`, and only keys of the caller's account verify (another
+    account's answers `NOT_FOUND`). When the deployment sets `KEYSERVICE_VERIFY_REQUIRES_AUTH`,
+    every caller must. Such a caller may name its own client's address in `client_address`, by
     which failed guesses are throttled; an anonymous caller's `client_address` is ignored.
     """
     result = await answer(verifier, body, request.headers, client_address(request))
@@ -103,7 +102,26 @@ def _forward_scopes(request: Request) -> list[str]:
     return scopes
 
 
-async def forward_auth(request: Request, verifier: VerifierDep) -> Response:
+async def forward_auth(
+    request: Request,
+    verifier: VerifierDep,
+    # Declared for the document; read, all together, by _forward_scopes.
+    scopes: Annotated[
+        list[str] | None,
+        Query(description="Required scopes, comma-separated (`contacts:read,deals:write`)."),
+    ] = None,
+    scope: Annotated[
+        list[str] | None, Query(description="A required scope; may be repeated.")
+    ] = None,
+    required_scopes: Annotated[
+        str | None,
+        Header(
+            alias=FORWARD_SCOPES_HEADER,
+            description="More required scopes, comma- or space-separated: it can only add to "
+            "the query's.",
+        ),
+    ] = None,
+) -> Response:
     account_header = request.headers.get("x-account-id")
     account_id = None
     if account_header:
