@@ -20,14 +20,13 @@ from keyservice.models import (
     Account,
     ApiKey,
     AuditEvent,
-    KeyKind,
     Membership,
     Role,
     User,
     utcnow,
 )
 from keyservice.pagination import PageParams, paginate
-from keyservice.security import Environment, hash_key
+from keyservice.security import hash_key
 from keyservice.verification.service import Principal, UserPrincipal
 
 INVITATION_PREFIX = "ksinv_"
@@ -325,14 +324,8 @@ async def bootstrap(
     session.add(
         Membership(account_id=account.id, user_id=user.id, role=Role.owner, accepted_at=utcnow())
     )
-    key, secret = keys_service.new_key(
-        prefix=key_prefix,
-        kind=KeyKind.personal,
-        name="Owner key (bootstrap)",
-        environment=Environment.live,
-        scopes=["keyservice:*"],
-        expires_at=None,
-        user_id=user.id,
+    key, secret = keys_service.owner_key(
+        prefix=key_prefix, user_id=user.id, name="Owner key (bootstrap)"
     )
     session.add(key)
     await session.flush()
@@ -390,14 +383,8 @@ async def issue_owner_key(
         raise Forbidden(f"{user.email} is not an owner of the account {account_id}")
     if not owned:
         raise Forbidden(f"{user.email} is not the owner of any account")
-    key, secret = keys_service.new_key(
-        prefix=key_prefix,
-        kind=KeyKind.personal,
-        name="Owner key (issued on the server)",
-        environment=Environment.live,
-        scopes=["keyservice:*"],
-        expires_at=None,
-        user_id=user.id,
+    key, secret = keys_service.owner_key(
+        prefix=key_prefix, user_id=user.id, name="Owner key (issued on the server)"
     )
     session.add(key)
     await session.flush()
@@ -408,11 +395,7 @@ async def issue_owner_key(
         target_type="api_key",
         target_id=key.id,
         details={
-            "name": key.name,
-            "kind": key.kind.value,
-            "environment": key.environment.value,
-            "scopes": key.scopes,
-            "expires_at": None,
+            **keys_service.created_details(key),
             "user_id": str(user.id),
             "via": FROM_SERVER,
         },

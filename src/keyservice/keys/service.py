@@ -57,6 +57,31 @@ def new_key(
     return key, secret
 
 
+def owner_key(*, prefix: str, user_id: uuid.UUID, name: str) -> tuple[ApiKey, str]:
+    """A personal key with every keyservice scope: an account owner's way in (bootstrap, or a
+    lost key issued again on the server)."""
+    return new_key(
+        prefix=prefix,
+        kind=KeyKind.personal,
+        name=name,
+        environment=Environment.live,
+        scopes=["keyservice:*"],
+        expires_at=None,
+        user_id=user_id,
+    )
+
+
+def created_details(key: ApiKey) -> dict[str, object]:
+    """What the audit trail says of a new key."""
+    return {
+        "name": key.name,
+        "kind": key.kind.value,
+        "environment": key.environment.value,
+        "scopes": key.scopes,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+    }
+
+
 def check_issuable(actor: Actor, scopes: Sequence[str], environment: Environment) -> None:
     """No escalation: keyservice's own scopes only from a key that holds them, and a ``test``
     key (handled less carefully than live ones) issues only ``test`` keys."""
@@ -114,14 +139,7 @@ async def _issue(
         action="key.created",
         target_type="api_key",
         target_id=key.id,
-        details={
-            "name": key.name,
-            "kind": key.kind.value,
-            "environment": key.environment.value,
-            "scopes": key.scopes,
-            "expires_at": key.expires_at.isoformat() if key.expires_at else None,
-            **details,
-        },
+        details={**created_details(key), **details},
     )
     await record_created(session, key)
 
