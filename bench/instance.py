@@ -32,9 +32,11 @@ IDLE_CPU_SECONDS = 0.02
 class Server:
     """A running instance on a free port of 127.0.0.1, and a client for setup and counters."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, counted: bool) -> None:
         self.process = process
         self.base_url = f"http://{HOST}:{port}"
+        # Whether it is bench/server.py, with counters.
+        self.counted = counted
         # trust_env=False: no proxy from the environment may see this traffic.
         self.client = httpx.Client(base_url=self.base_url, timeout=10, trust_env=False)
 
@@ -70,13 +72,21 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(database_url: str, *, cpus: frozenset[int] | None) -> Iterator[Server]:
-    """bench/server.py on ``database_url`` until the block ends. The service runs with default
-    settings: the caller's own ``KEYSERVICE_*`` variables are not passed on."""
+def serve(
+    database_url: str, *, cpus: frozenset[int] | None, as_shipped: bool = False
+) -> Iterator[Server]:
+    """bench/server.py on ``database_url`` until the block ends; ``as_shipped``: keyservice
+    started exactly as ``keyservice serve`` starts it (its log, access log included, goes to a
+    file), without the bench's counters. The service runs with default settings: the caller's
+    own ``KEYSERVICE_*`` variables are not passed on."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
     env |= {"KEYSERVICE_MODE": "production", "KEYSERVICE_DATABASE_URL": database_url}
-    command = [sys.executable, "-m", "bench.server", "--port", str(port)]
+    command = (
+        [sys.executable, "-m", "keyservice", "serve", "--host", HOST, "--port", str(port)]
+        if as_shipped
+        else [sys.executable, "-m", "bench.server", "--port", str(port)]
+    )
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
             command,
@@ -87,7 +97,7 @@ def serve(database_url: str, *, cpus: frozenset[int] | None) -> Iterator[Server]
             stderr=subprocess.STDOUT,
             preexec_fn=pin_to(cpus),
         )
-        server = Server(process, port)
+        server = Server(process, port, counted=not as_shipped)
         try:
             _wait_ready(server, log)
             yield server

@@ -39,8 +39,8 @@ class Run:
     route: str
     measured: bool
     load: Load
-    # The server's counters over the run.
-    counters: Counters
+    # The server's counters over the run; None for an instance without them (as shipped).
+    counters: Counters | None
     server_cpu_seconds: float
     loadgen_cpu_seconds: float
 
@@ -76,7 +76,7 @@ class Summary:
 
     @property
     def counters(self) -> Counters:
-        return sum((r.counters for r in self.runs), Counters())
+        return sum((r.counters for r in self.runs if r.counters is not None), Counters())
 
     def per_1000(self, count: int) -> float | None:
         """``count`` per 1000 verifications of the runs; None where they verified nothing."""
@@ -160,7 +160,8 @@ class Report:
     baseline: str
     goals: Sequence[Goal]
     accuracy: Accuracy
-    # The scenario's own: the template's values, warnings.
+    # The scenario's own: results beside the goals, the template's values, warnings.
+    results: Sequence[str]
     values: dict[str, str]
     scenario_warnings: Sequence[str]
 
@@ -231,6 +232,7 @@ class Report:
             ["## Results", "", results_table, ""]
             + [f"- {goal.line()}" for goal in self.goals]
             + [f"- Goals {'met' if met else 'not met'}."]
+            + [f"- {line}" for line in self.results]
         )
 
     def markdown(self) -> str:
@@ -297,5 +299,5 @@ RUN_COLUMNS: list[tuple[str, Callable[[Run], str]]] = [
     ("server CPU/request", lambda r: f"{r.server_cpu_seconds / r.load.requests * 1e6:,.0f} µs"),
     ("load generator CPU", lambda r: f"{r.loadgen_cpu_seconds / r.load.seconds:.0%}"),
     ("verifications", lambda r: f"{r.load.verifications:,}"),
-    ("SQL statements", lambda r: f"{r.counters.sql_statements:,}"),
+    ("SQL statements", lambda r: "n/a" if r.counters is None else f"{r.counters.sql_statements:,}"),
 ]

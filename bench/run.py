@@ -1,6 +1,6 @@
 """`make bench`: POST /v1/verify under concurrent load next to a trivial route of the same app,
-with rate limiting and usage counting on, and a rate limit's accuracy across two instances.
-What it does and why: bench/README.md.
+with rate limiting and usage counting on; the same as shipped; and a rate limit's accuracy
+across two instances. What it does and why: bench/README.md.
 
     python -m bench.run [--seconds 10] [--output docs/performance.md] [--check]
 
@@ -36,6 +36,7 @@ TRIVIAL = "trivial"
 PLAIN = "plain key"
 HOT = "hot key"
 SPREAD = "10,000 keys"
+SHIPPED = "as shipped"
 
 PLAIN_RATIO_GOAL = 0.80
 # For verifications with rate limiting and usage counting on: the hot key and the spread keys.
@@ -89,7 +90,7 @@ class Phase:
 
 def run_phase(server: Server, phase: Phase, cpus: frozenset[int] | None) -> Run:
     say(f"bench: {phase.name}: {phase.route} for {phase.seconds} s")
-    before = server.counters()
+    before = server.counters() if server.counted else None
     cpu = server.cpu_seconds()
     [load], wrk_cpu = wrk.run(
         [server.base_url + phase.path],
@@ -99,7 +100,7 @@ def run_phase(server: Server, phase: Phase, cpus: frozenset[int] | None) -> Run:
         cpus=cpus,
     )
     server.settle()
-    counters = server.counters() - before
+    counters = None if before is None else server.counters() - before
     cpu = server.cpu_seconds() - cpu
     return Run(phase.name, phase.route, phase.measured, load, counters, cpu, wrk_cpu)
 
@@ -187,6 +188,19 @@ def warm_spread(
         # wrk sends the bodies in turn: the keys verified so far are the first ones.
         warm = min(len(spread.bodies), server.counters().cache_entries - cached_before)
     return runs, warm
+
+
+def run_as_shipped(
+    url: str, phases: list[Phase], cpus: tuple[frozenset[int] | None, ...]
+) -> list[Run]:
+    """The trivial route and the hot key on an instance started as ``keyservice serve`` starts
+    it: the requests with what its logging costs."""
+    trivial, hot = (dataclasses.replace(p, name=f"{SHIPPED}: {p.name}") for p in phases[0:3:2])
+    with serve(url, cpus=cpus[0], as_shipped=True) as server:
+        say(f"bench: {SHIPPED}: keyservice serve on {server.base_url}")
+        check_verifies(server, hot.bodies[0])
+        warmups = [trivial.warmup(WARMUP_SECONDS), hot.warmup(WARMUP_SECONDS)]
+        return [run_phase(server, phase, cpus[1]) for phase in [*warmups, trivial, hot]]
 
 
 def _per_1000(summary: Summary, count: int) -> float:
@@ -313,6 +327,16 @@ def values(
     }
 
 
+def shipped_line(runs: list[Run]) -> str:
+    shipped = summarise(runs)
+    trivial, hot = shipped[f"{SHIPPED}: {TRIVIAL}"], shipped[f"{SHIPPED}: {HOT}"]
+    return (
+        f"As shipped (`keyservice serve`, access log on): hot key/trivial requests/s: "
+        f"{hot.rps / trivial.rps:.2f} (hot key {hot.rps:,.0f}/s, trivial {trivial.rps:,.0f}/s; "
+        f"p99 {latency(hot.p99_ms)} and {latency(trivial.p99_ms)}; measured apart, no goal)"
+    )
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
@@ -352,6 +376,7 @@ def measure(admin_url: str, seconds: int, cpus: tuple[frozenset[int] | None, ...
                     warmups, warm = warm_spread(server, phase, wrk_cpus)
                     runs += warmups
                 runs.append(run_phase(server, phase, wrk_cpus))
+            shipped = run_as_shipped(url, phases, cpus)
             key = create_key(
                 server, owner_key, application, "Bench limited key", ACCURACY_RATE_LIMIT
             )
@@ -374,11 +399,12 @@ def measure(admin_url: str, seconds: int, cpus: tuple[frozenset[int] | None, ...
         "flushes: keys it verified were not all cached (it went further than the warm-up)"
     )
     return Report(
-        runs=runs,
+        runs=runs + shipped,
         summaries=summaries,
         baseline=TRIVIAL,
         goals=goals(summaries, result),
         accuracy=result,
+        results=[shipped_line(shipped)],
         values=values(seconds, runs, summaries, warm, result, cpus)
         | machine(fetch(admin_url, "SHOW server_version")[0]),
         scenario_warnings=[lookups_warning] if lookups else [],
