@@ -66,9 +66,13 @@ revision: install-dev
 openapi: install
 	$(BIN)/keyservice openapi --output openapi/openapi.json
 
-# Needs PostgreSQL (KEYSERVICE_BENCH_POSTGRES_URL, default postgres@127.0.0.1:5432); about two minutes.
-# Options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--loadgen python --seconds 5".
+# Needs PostgreSQL (KEYSERVICE_BENCH_POSTGRES_URL, default postgres@127.0.0.1:5432) and wrk,
+# installed from the OS packages when missing, as .ci/run installs nginx; about two minutes.
+# Options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--seconds 5".
 bench: install
+	@if ! command -v wrk >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null 2>&1 || echo "wrk could not be installed"; \
+	fi
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:

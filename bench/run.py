@@ -1,75 +1,51 @@
-"""`make bench`: POST /v1/verify under concurrent load, next to a trivial route of the same app,
-with rate limiting and usage counting on, and the rate limit's accuracy across two instances.
+"""`make bench`: POST /v1/verify under concurrent load next to a trivial route of the same app,
+with rate limiting and usage counting on; the same as shipped; and a rate limit's accuracy
+across two instances. What it does and why: bench/README.md.
 
-    python -m bench.run [--seconds 10] [--connections 32] [--loadgen auto|wrk|python] [--check]
+    python -m bench.run [--seconds 10] [--output docs/performance.md] [--check]
 
-One run, about two minutes, all traffic to 127.0.0.1:
-
-1. creates a throw-away PostgreSQL database, migrates it and bootstraps an account;
-2. serves bench/server.py (keyservice's app, built and started as in production, plus SQL and
-   verification counters) with uvicorn, 1 worker, no access log, log level warning, on a free
-   port; with two CPUs or more, the server and the load generator are pinned to different ones;
-3. creates an application, a plain key and a hot key (rate limit 1,000,000/s) through the API,
-   and 10,000 keys (rate limit 1000/s each) straight in the database; verifies the first two once
-   and warms the cache and the rate-limit buckets with the 10,000;
-4. runs the phases of ``plan()``, each from a separate process: wrk (``-t1``) where installed (as
-   root with apt-get, ``apt-get install -y wrk`` is tried first), else bench/loadgen.py;
-5. starts a second instance on the same database and loads one key with a 200/s limit through
-   both at once (bench/overload.py), counting the requests admitted against the allowance;
-6. prints the results and rewrites docs/performance.md; stops the servers, drops the database.
-
-Goals: the plain cached key keeps at least 80% of the trivial route's requests/s and sends no SQL
-on its request path; the hot key keeps at least 75% with at most 20 SQL statements per 1000
-verifications (leases and usage flushes alike); across two instances, no request over the
-allowance ``burst + rate x elapsed``, and at least 90% of it admitted. Exit status 1 when the run
-went wrong (failed requests, unexpected refusals) and, with ``--check``, when a goal is missed.
-
-PostgreSQL: ``KEYSERVICE_BENCH_POSTGRES_URL``, else ``KEYSERVICE_TEST_POSTGRES_URL``, else
-postgresql+asyncpg://postgres@127.0.0.1:5432/postgres (a user that may create databases). The
-service runs with default settings: the caller's other ``KEYSERVICE_*`` variables are not passed
-on (the failed-verification throttle, KEYSERVICE_VERIFY_FAILURES_PER_MINUTE, stays on: only
-valid keys are sent). Rate limits are the keys' own.
+Exit status 1 when the run went wrong (failed requests, verifications refused where none should
+be, counts that disagree) and, with ``--check``, when a goal is missed.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import dataclasses
 import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import BenchError, accuracy, generators, say
-from bench.generators import LoadGenerator
-from bench.report import Goal, Machine, Report, latency, per_1000
-from bench.results import AccuracyResult, Phase, PhaseResult, RouteSummary, Target, summarise
-from bench.service import ROOT, Server, admin, create_keys, database, prepare
+from bench import BenchError, accuracy, say, wrk
+from bench.database import create_keys, database, fetch, prepare, usage
+from bench.instance import ROOT, Server, serve
+from bench.report import Goal, Report, Run, Summary, latency, machine, per_1000, summarise
 from keyservice.ratelimit.limiter import RENEW_AHEAD
 from keyservice.ratelimit.policy import LONG_LEASE_SECONDS
 
-DEFAULT_OUTPUT = ROOT / "docs" / "performance.md"
-DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+WARMUP_SECONDS = 2
+CONNECTIONS = 32
 
 # Phase names: the report groups measured runs by them.
-TRIVIAL_PHASE = "trivial"
-PLAIN_PHASE = "plain key"
-HOT_PHASE = "hot key"
-SPREAD_PHASE = "10,000 keys"
+TRIVIAL = "trivial"
+PLAIN = "plain key"
+HOT = "hot key"
+SPREAD = "10,000 keys"
+SHIPPED = "as shipped"
 
-# Goals.
 PLAIN_RATIO_GOAL = 0.80
-# The goal for verifications with rate limiting and usage counting on: the hot key and
-# the spread keys alike.
+# For verifications with rate limiting and usage counting on: the hot key and the spread keys.
 HOT_RATIO_GOAL = 0.75
 HOT_SQL_GOAL = 20.0
 ADMITTED_FLOOR = 0.90
 
 SPREAD_KEYS = 10_000
-KEY_SCOPES = ("contacts:read", "deals:read")
+KEY_SCOPES = ["contacts:read", "deals:read"]
 # What the product's gateway would name as the request being verified: counted as usage.
 ENDPOINT = "GET /v1/contacts"
 # High enough never to refuse under this load: leases and usage counting, never a refusal.
@@ -80,446 +56,285 @@ SPREAD_RATE_LIMIT = {"limit": 1000, "period_seconds": 1, "burst": 1000}
 # were fewer than twice the allowance).
 ACCURACY_RATE_LIMIT = {"limit": 200, "period_seconds": 1, "burst": 50}
 ACCURACY_INSTANCES = 2
-# The spread keys' warm-up goes on until every key is cached, and until the long leases the keys
-# took when first seen become due for renewal (SPREAD_WARMUP_MINIMUM of load), so that the
-# measured run renews most of them: more renewals than in steady use, where they spread over a
-# long lease's life.
-# For at most this many times the measured phase's duration, or that minimum if longer.
-SPREAD_WARMUP_FACTOR = 3
+# The spread keys' warm-up goes on until every key is cached and until the long leases the keys
+# took when first seen become due for renewal, so that the measured run renews most of them:
+# more renewals than in steady use, where they spread over a long lease's life. For at most
+# SPREAD_WARMUP_FACTOR times the measured phase, or that minimum if longer; in runs of at most
+# SPREAD_WARMUP_RUN seconds, each from the first key.
 SPREAD_WARMUP_MINIMUM = LONG_LEASE_SECONDS * (1 - RENEW_AHEAD)
-# In runs of at most this many seconds, each from the first key.
+SPREAD_WARMUP_FACTOR = 3
 SPREAD_WARMUP_RUN = 5
-
-TRIVIAL = Target("GET", "/healthz")
+# Above this share of leases per verification, nearly every verification takes one.
+MOSTLY = 0.5
 
 
 @dataclass(frozen=True)
-class Fixture:
-    """The data the phases use."""
+class Phase:
+    """One wrk run: GET ``path``, or POST ``bodies`` to it in turn, one per request."""
 
-    owner_key: str
-    application_id: str
-    # No rate limit: the cache hit alone.
-    key: str
-    # HOT_RATE_LIMIT: leases from the shared bucket and usage counting on one key.
-    hot_key: str
-    # SPREAD_RATE_LIMIT each: the same, spread over many keys.
-    spread_keys: tuple[str, ...]
+    name: str
+    path: str
+    bodies: tuple[str, ...]
+    seconds: int
+    measured: bool = True
+
+    @property
+    def route(self) -> str:
+        return f"{'POST' if self.bodies else 'GET'} {self.path}"
+
+    def warmup(self, seconds: int) -> Phase:
+        return dataclasses.replace(
+            self, name=f"warm-up: {self.name}", seconds=seconds, measured=False
+        )
 
 
-def _owner_headers(owner_key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {owner_key}"}
-
-
-def create_application(server: Server, owner_key: str) -> str:
-    response = server.client.post(
-        "/v1/applications",
-        headers=_owner_headers(owner_key),
-        json={
-            "name": "Bench",
-            "developer_email": "bench@example.com",
-            "permissions": ["contacts:read", "contacts:write", "deals:read"],
-        },
+def run_phase(server: Server, phase: Phase, cpus: frozenset[int] | None) -> Run:
+    say(f"bench: {phase.name}: {phase.route} for {phase.seconds} s")
+    before = server.counters() if server.counted else None
+    cpu = server.cpu_seconds()
+    [load], wrk_cpu = wrk.run(
+        [server.base_url + phase.path],
+        phase.bodies,
+        seconds=phase.seconds,
+        connections=CONNECTIONS,
+        cpus=cpus,
     )
-    if response.status_code != 201:
-        raise BenchError(f"creating the application failed: {response.text}")
-    return str(response.json()["id"])
+    server.settle()
+    counters = None if before is None else server.counters() - before
+    cpu = server.cpu_seconds() - cpu
+    return Run(phase.name, phase.route, phase.measured, load, counters, cpu, wrk_cpu)
 
 
-def create_key(
-    server: Server,
-    owner_key: str,
-    application_id: str,
-    name: str,
-    rate_limit: dict[str, int] | None = None,
-) -> str:
-    """A key of the application, through the API as a customer would create it: its secret."""
-    body: dict[str, object] = {"name": name, "scopes": list(KEY_SCOPES)}
-    if rate_limit is not None:
-        body["rate_limit"] = rate_limit
-    response = server.client.post(
-        f"/v1/applications/{application_id}/keys", headers=_owner_headers(owner_key), json=body
-    )
-    if response.status_code != 201:
-        raise BenchError(f"creating the key {name!r} failed: {response.text}")
-    return str(response.json()["key"])
-
-
-def create_fixture(server: Server, database_url: str, owner_key: str, spread: int) -> Fixture:
-    application_id = create_application(server, owner_key)
-    key = create_key(server, owner_key, application_id, "Bench key")
-    hot_key = create_key(server, owner_key, application_id, "Bench hot key", HOT_RATE_LIMIT)
-    say(f"bench: creating {spread:,} keys in the database")
-    spread_keys = create_keys(
-        database_url,
-        application_id,
-        spread,
-        scopes=KEY_SCOPES,
-        rate_limit=SPREAD_RATE_LIMIT,
-    )
-    return Fixture(
-        owner_key=owner_key,
-        application_id=application_id,
-        key=key,
-        hot_key=hot_key,
-        spread_keys=tuple(spread_keys),
-    )
-
-
-def verify_body(key: str, *, endpoint: str | None = None) -> str:
+def verify_body(key: str, endpoint: str | None = None) -> str:
     body: dict[str, object] = {"key": key, "scopes": ["contacts:read"]}
-    if endpoint is not None:
-        body["endpoint"] = endpoint
-    return json.dumps(body, ensure_ascii=False)
+    return json.dumps(body | ({"endpoint": endpoint} if endpoint else {}), ensure_ascii=False)
 
 
 def check_verifies(server: Server, body: str) -> None:
     """Verify once, so that the load finds the key cached; and check that it verifies."""
     response = server.client.post(
-        "/v1/verify", content=body.encode(), headers={"Content-Type": "application/json"}
+        "/v1/verify", content=body, headers={"Content-Type": "application/json"}
     )
     if response.status_code != 200 or response.json().get("code") != "VALID":
         raise BenchError(f"a bench key does not verify: {response.status_code} {response.text}")
 
 
-@dataclass(frozen=True)
-class Plan:
-    """The warm-ups, the spread keys' target (warmed by ``warm_spread()``) and the measured
-    phases, in order."""
-
-    warmups: list[Phase]
-    spread: Target
-    measured: list[Phase]
-
-
-def warmup_name(phase: str) -> str:
-    return f"warm-up: {phase}"
+def api(server: Server, owner_key: str, path: str, body: Mapping[str, object]) -> dict[str, str]:
+    """POST to the management API as the account's owner: what it created."""
+    response = server.client.post(path, headers={"Authorization": f"Bearer {owner_key}"}, json=body)
+    if response.status_code != 201:
+        raise BenchError(f"POST {path} failed: {response.text}")
+    created: dict[str, str] = response.json()
+    return created
 
 
-def plan(fixture: Fixture, *, seconds: int, warmup: int) -> Plan:
-    """The trivial route runs first and last, and ratios use the mean of both, so that a machine
-    slowing down or speeding up meanwhile cancels out."""
-    plain = Target("POST", "/v1/verify", (verify_body(fixture.key),))
-    hot = Target("POST", "/v1/verify", (verify_body(fixture.hot_key, endpoint=ENDPOINT),))
-    spread = Target(
-        "POST",
-        "/v1/verify",
-        tuple(verify_body(key, endpoint=ENDPOINT) for key in fixture.spread_keys),
-    )
-    return Plan(
-        warmups=[
-            Phase(warmup_name(TRIVIAL_PHASE), TRIVIAL, warmup, measured=False),
-            Phase(warmup_name(PLAIN_PHASE), plain, warmup, measured=False),
-            Phase(warmup_name(HOT_PHASE), hot, warmup, measured=False),
-        ],
-        spread=spread,
-        measured=[
-            Phase(TRIVIAL_PHASE, TRIVIAL, seconds),
-            Phase(PLAIN_PHASE, plain, seconds),
-            Phase(HOT_PHASE, hot, seconds),
-            Phase(SPREAD_PHASE, spread, seconds),
-            Phase(TRIVIAL_PHASE, TRIVIAL, seconds),
-        ],
-    )
+def create_key(
+    server: Server, owner_key: str, application: str, name: str, rate_limit: object = None
+) -> dict[str, str]:
+    """A key of the application, created through the API as a customer would: its id, its
+    secret (``key``) and the rest."""
+    body = {"name": name, "scopes": KEY_SCOPES, "rate_limit": rate_limit}
+    return api(server, owner_key, f"/v1/applications/{application}/keys", body)
 
 
-def run_phase(server: Server, generator: LoadGenerator, phase: Phase) -> PhaseResult:
-    say(f"bench: {phase.name}: {phase.target.route} for {phase.seconds} s")
-    before = server.counters()
-    server_cpu = server.cpu_seconds()
-    load, loadgen_cpu = generator.run(phase.target, server.port, phase.seconds)
-    # Once the load generator has exited and the server has answered what it left in flight.
-    server.settle()
-    server_cpu_after = server.cpu_seconds()
-    counters = server.counters() - before
-    return PhaseResult(
-        phase=phase,
-        load=load,
-        counters=counters,
-        server_cpu_seconds=(
-            None
-            if server_cpu is None or server_cpu_after is None
-            else server_cpu_after - server_cpu
-        ),
-        loadgen_cpu_seconds=loadgen_cpu,
-    )
+def plan(server: Server, url: str, owner_key: str, seconds: int) -> tuple[str, list[Phase]]:
+    """The application, and the measured phases in order: the trivial route runs first and last,
+    and ratios use the mean of both, so that a machine slowing down or speeding up meanwhile
+    cancels out."""
+    permissions = ["contacts:read", "contacts:write", "deals:read"]
+    body = {"name": "Bench", "developer_email": "bench@example.com", "permissions": permissions}
+    application = api(server, owner_key, "/v1/applications", body)["id"]
+    plain = verify_body(create_key(server, owner_key, application, "Bench key")["key"])
+    hot_key = create_key(server, owner_key, application, "Bench hot key", HOT_RATE_LIMIT)
+    hot = verify_body(hot_key["key"], ENDPOINT)
+    say(f"bench: creating {SPREAD_KEYS:,} keys in the database")
+    spread = create_keys(url, application, SPREAD_KEYS, KEY_SCOPES, SPREAD_RATE_LIMIT)
+    trivial = Phase(TRIVIAL, "/healthz", (), seconds)
+    return application, [
+        trivial,
+        Phase(PLAIN, "/v1/verify", (plain,), seconds),
+        Phase(HOT, "/v1/verify", (hot,), seconds),
+        Phase(SPREAD, "/v1/verify", tuple(verify_body(k, ENDPOINT) for k in spread), seconds),
+        trivial,
+    ]
 
 
-def _spread_budget(seconds: int) -> float:
+def spread_budget(seconds: int) -> float:
     return max(SPREAD_WARMUP_FACTOR * seconds, SPREAD_WARMUP_MINIMUM)
 
 
 def warm_spread(
-    server: Server, generator: LoadGenerator, target: Target, *, budget: float, minimum: float
-) -> tuple[list[PhaseResult], int]:
+    server: Server, spread: Phase, cpus: frozenset[int] | None
+) -> tuple[list[Run], int]:
     """Warm-up runs over the spread keys, each from the first key, until every key is cached
-    (with its bucket) and ``minimum`` seconds are spent, or ``budget`` seconds are: the results
-    and how many keys, from the first, are warm.
+    (with its bucket) and SPREAD_WARMUP_MINIMUM seconds are spent, or the budget is: the runs,
+    and how many keys from the first are warm.
 
     A key's first verification costs a lookup and creates its bucket row; the measured run, which
-    starts again from the first key, should find its keys warm, as keys in steady use are. Each
-    run goes over the keys warmed already before it reaches new ones, as such keys' traffic would:
-    their leases are as fresh as in steady use, not expired. When the server verifies too few
-    keys a second for all of them to be warmed in the budget, the measured run goes no further
-    than the warm-up did, as long as it is not much faster; its lookups (SQL other than leases and
-    usage flushes) show whether it did."""
-    cached_before = server.cache_entries()
-    total = len(target.bodies)
-    warm, spent = 0, 0.0
-    results: list[PhaseResult] = []
-    while (warm < total or spent < minimum) and spent < budget:
-        seconds = max(1, min(SPREAD_WARMUP_RUN, math.ceil(budget - spent)))
-        warmup = Phase(warmup_name(SPREAD_PHASE), target, seconds, measured=False)
-        result = run_phase(server, generator, warmup)
-        results.append(result)
-        spent += result.load.seconds
-        # wrk sends the bodies in turn: the keys verified so far are the first ones.
-        warm = min(total, server.cache_entries() - cached_before)
-    return results, warm
-
-
-def run_accuracy(
-    server: Server,
-    database_url: str,
-    fixture: Fixture,
-    *,
-    connections: int,
-    seconds: int,
-    cpus: tuple[frozenset[int] | None, frozenset[int] | None],
-) -> AccuracyResult:
-    """A key with ACCURACY_RATE_LIMIT, not verified before, loaded through ``server`` and a
-    second instance on the same database at once."""
-    key = create_key(
-        server, fixture.owner_key, fixture.application_id, "Bench limited key", ACCURACY_RATE_LIMIT
-    )
-    server_cpus, loadgen_cpus = cpus
-    with Server(database_url, cpus=server_cpus) as other:
-        say(f"bench: second instance on {other.base_url}")
-        return accuracy.measure(
-            [server, other],
-            verify_body(key, endpoint=ENDPOINT),
-            rate_limit=ACCURACY_RATE_LIMIT,
-            connections=max(1, connections // ACCURACY_INSTANCES),
-            seconds=seconds,
-            cpus=loadgen_cpus,
+    starts again from the first key, should find its keys as keys in steady use are: cached, with
+    leases as fresh as their traffic keeps them, which each run renews by going over the keys
+    warmed already before it reaches new ones. When the server verifies too few keys a second for
+    all of them to be warmed in the budget, the measured run goes no further than the warm-up
+    did, as long as it is not much faster; its lookups (other SQL) show whether it did."""
+    cached_before = server.counters().cache_entries
+    budget = spread_budget(spread.seconds)
+    warm, spent, runs = 0, 0.0, []
+    while (warm < len(spread.bodies) or spent < SPREAD_WARMUP_MINIMUM) and spent < budget:
+        run = run_phase(
+            server, spread.warmup(min(SPREAD_WARMUP_RUN, math.ceil(budget - spent))), cpus
         )
+        runs.append(run)
+        spent += run.load.seconds
+        # wrk sends the bodies in turn: the keys verified so far are the first ones.
+        warm = min(len(spread.bodies), server.counters().cache_entries - cached_before)
+    return runs, warm
 
 
-def _ratio(summaries: dict[str, RouteSummary], name: str) -> float:
-    return summaries[name].rps / summaries[TRIVIAL_PHASE].rps
+def run_as_shipped(
+    url: str, phases: list[Phase], cpus: tuple[frozenset[int] | None, ...]
+) -> list[Run]:
+    """The trivial route and the hot key on an instance started as ``keyservice serve`` starts
+    it: the requests with what its logging costs."""
+    trivial, hot = (dataclasses.replace(p, name=f"{SHIPPED}: {p.name}") for p in phases[0:3:2])
+    with serve(url, cpus=cpus[0], as_shipped=True) as server:
+        say(f"bench: {SHIPPED}: keyservice serve on {server.base_url}")
+        check_verifies(server, hot.bodies[0])
+        warmups = [trivial.warmup(WARMUP_SECONDS), hot.warmup(WARMUP_SECONDS)]
+        return [run_phase(server, phase, cpus[1]) for phase in [*warmups, trivial, hot]]
 
 
-def _per_1000(summary: RouteSummary, count: int) -> float:
-    value = summary.per_1000_verifications(count)
+def _per_1000(summary: Summary, count: int) -> float:
+    value = summary.per_1000(count)
     if value is None:
         raise BenchError(f"the {summary.name} phase verified nothing")
     return value
 
 
-def goals(summaries: dict[str, RouteSummary], accuracy: AccuracyResult) -> list[Goal]:
-    plain, hot = summaries[PLAIN_PHASE], summaries[HOT_PHASE]
-    plain_ratio, hot_ratio = _ratio(summaries, PLAIN_PHASE), _ratio(summaries, HOT_PHASE)
-    spread_ratio = _ratio(summaries, SPREAD_PHASE)
-    plain_counters = plain.counters
-    plain_path = _per_1000(plain, plain_counters.sql_statements - plain_counters.sql_flush)
-    plain_flush = _per_1000(plain, plain_counters.sql_flush)
+def _at_least(what: str, value: float, goal: float, digits: int = 2) -> Goal:
+    return Goal(what, f"{value:.{digits}f}", f"at least {goal:.2f}", value >= goal)
+
+
+def goals(summaries: dict[str, Summary], result: accuracy.Accuracy) -> list[Goal]:
+    trivial, plain, hot = summaries[TRIVIAL], summaries[PLAIN], summaries[HOT]
+    plain_flush = _per_1000(plain, plain.counters.sql_flush)
+    plain_path = _per_1000(plain, plain.counters.sql_statements) - plain_flush
     hot_sql = _per_1000(hot, hot.counters.sql_statements)
+    instances = f"{result.instances} instances"
     return [
+        _at_least(f"{PLAIN}: verify/trivial requests/s", plain.rps / trivial.rps, PLAIN_RATIO_GOAL),
         Goal(
-            "plain key: verify/trivial requests/s",
-            f"{plain_ratio:.2f}",
-            f"at least {PLAIN_RATIO_GOAL:.2f}",
-            plain_ratio >= PLAIN_RATIO_GOAL,
-        ),
-        Goal(
-            "plain key: SQL statements per 1000 verifications on the request path",
+            f"{PLAIN}: SQL statements per 1000 verifications on the request path",
             f"{per_1000(plain_path)} (usage flushes, in the background: {per_1000(plain_flush)})",
             "0, no SQL on a cache hit",
             plain_path == 0,
         ),
-        Goal(
-            "hot key: verify/trivial requests/s",
-            f"{hot_ratio:.2f}",
-            f"at least {HOT_RATIO_GOAL:.2f}",
-            hot_ratio >= HOT_RATIO_GOAL,
+        _at_least(f"{HOT}: verify/trivial requests/s", hot.rps / trivial.rps, HOT_RATIO_GOAL),
+        _at_least(
+            f"{SPREAD}: verify/trivial requests/s",
+            summaries[SPREAD].rps / trivial.rps,
+            HOT_RATIO_GOAL,
         ),
         Goal(
-            f"{SPREAD_PHASE}: verify/trivial requests/s",
-            f"{spread_ratio:.2f}",
-            f"at least {HOT_RATIO_GOAL:.2f}",
-            spread_ratio >= HOT_RATIO_GOAL,
-        ),
-        Goal(
-            "hot key: SQL statements per 1000 verifications (leases and usage flushes)",
+            f"{HOT}: SQL statements per 1000 verifications (leases and usage flushes)",
             per_1000(hot_sql),
             f"at most {HOT_SQL_GOAL:.0f}",
             hot_sql <= HOT_SQL_GOAL,
         ),
         Goal(
-            f"{accuracy.instances} instances: requests admitted over the allowance",
-            f"{max(0.0, accuracy.over):,.0f} ({accuracy.admitted:,} admitted, allowance "
-            f"{accuracy.allowance:,.1f})",
+            f"{instances}: requests admitted over the allowance",
+            f"{max(0.0, result.over):,.0f} ({result.admitted:,} admitted, allowance "
+            f"{result.allowance:,.1f})",
             "0",
-            accuracy.over <= 0,
+            result.over <= 0,
         ),
-        Goal(
-            f"{accuracy.instances} instances: admitted/allowance under steady over-limit load",
-            f"{accuracy.ratio:.3f}",
-            f"at least {ADMITTED_FLOOR:.2f}",
-            accuracy.ratio >= ADMITTED_FLOOR,
+        _at_least(
+            f"{instances}: admitted/allowance under steady over-limit load",
+            result.ratio,
+            ADMITTED_FLOOR,
+            digits=3,
         ),
     ]
 
 
-def plan_cpus(pin: bool) -> tuple[frozenset[int] | None, frozenset[int] | None]:
-    """CPUs for the server and for the load generator (the last one), when there are two."""
-    if not pin or not hasattr(os, "sched_getaffinity"):
-        return None, None
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None, None
-    return frozenset(cpus[:-1]), frozenset(cpus[-1:])
-
-
-def _cpus(cpus: frozenset[int]) -> str:
-    return ",".join(map(str, sorted(cpus)))
-
-
-def _limit(rate_limit: dict[str, int]) -> str:
-    period = rate_limit["period_seconds"]
-    per = "s" if period == 1 else f"{period} s"
-    return f"{rate_limit['limit']:,}/{per}, burst {rate_limit['burst']:,}"
-
-
-# Above this share of leases per verification, nearly every verification takes one.
-MOSTLY = 0.5
-
-
-def observations(summaries: dict[str, RouteSummary], accuracy: AccuracyResult) -> list[str]:
-    """What the counters say about leases, from this run's numbers."""
-    plain, hot, spread = summaries[PLAIN_PHASE], summaries[HOT_PHASE], summaries[SPREAD_PHASE]
+def values(
+    seconds: int,
+    runs: list[Run],
+    summaries: dict[str, Summary],
+    warm: int,
+    result: accuracy.Accuracy,
+    cpus: tuple[frozenset[int] | None, ...],
+) -> dict[str, str]:
+    """The report's template's values but for the tables: the setup, how far the spread keys'
+    warm-up and measured run went, and what the counters say about leases and the garbage
+    collector."""
+    plain, hot, spread = summaries[PLAIN], summaries[HOT], summaries[SPREAD]
+    server_cpus, wrk_cpus = (",".join(map(str, sorted(c))) if c else "" for c in cpus)
+    pinned = f"server pinned to CPU {server_cpus}, load generator to CPU {wrk_cpus}"
+    spread_warmup = sum(r.load.seconds for r in runs if r.phase == f"warm-up: {SPREAD}")
     hot_seconds = sum(r.load.seconds for r in hot.runs)
-    hot_leases = _per_1000(hot, hot.counters.leases_taken)
-    lines = [
-        f"Hot key: {hot.counters.leases_taken / hot_seconds:.1f} leases a second "
-        f"({per_1000(hot_leases)} per 1000 verifications); p99 {latency(hot.p99_ms)} against "
-        f"{latency(plain.p99_ms)} for the plain key, which takes none.",
-    ]
+    verified = spread.verifications
+    per_key = (
+        f"so each of its first {verified:,} keys once (it starts again from the first key)"
+        if verified < SPREAD_KEYS
+        else f"each key {verified / SPREAD_KEYS:.1f} times on average"
+    )
     spread_leases = _per_1000(spread, spread.counters.leases_taken)
-    spread_cpu, hot_cpu = spread.server_cpu_us_per_request, hot.server_cpu_us_per_request
-    line = (
-        f"{SPREAD_PHASE}: {per_1000(spread_leases)} leases (taken together, in "
-        f"{per_1000(_per_1000(spread, spread.counters.sql_lease))} statements) and "
-        f"{per_1000(_per_1000(spread, spread.counters.checkouts))} connection checkouts per 1000 "
-        "verifications"
+    lease_each = (
+        ": nearly every verification took a lease (its key idle for longer than a lease lives)"
     )
-    if spread_cpu is not None and hot_cpu is not None:
-        line += (
-            f", {spread_cpu:,.0f} µs of server CPU per verification against {hot_cpu:,.0f} µs "
-            "for the hot key"
-        )
-    if spread_leases >= MOSTLY * 1000:
-        line += (
-            ": nearly every verification took a lease (its key idle for longer than a lease lives)"
-        )
-    lines.append(line + ".")
-    lines.append(
-        "Garbage collection: "
-        + "; ".join(
-            f"{name}, {summary.counters.gc_pause_us / 1000:,.0f} ms of pauses "
-            f"({summary.counters.gc_full_collections} full collections)"
-            for name, summary in ((HOT_PHASE, hot), (SPREAD_PHASE, spread))
-        )
-        + "."
+    leases, requests = result.counters.leases_taken, result.requests
+    refusals = (
+        "mostly take a lease of their own rather than being refused from memory"
+        if leases - result.admitted >= MOSTLY * result.refused
+        else "are mostly refused from memory, without a lease"
     )
-    load = accuracy.load
-    refused = load.codes.get("RATE_LIMITED", 0)
-    if load.requests and refused:
-        leases = accuracy.counters.leases_taken
-        lines.append(
-            f"Accuracy run: {leases / load.requests * 1000:,.0f} leases per 1000 requests, "
-            f"{refused / load.requests * 1000:,.0f} per 1000 refused: requests over the limit "
-            + (
-                "mostly take a lease of their own rather than being refused from memory"
-                if leases - accuracy.admitted >= MOSTLY * refused
-                else "are mostly refused from memory, without a lease"
-            )
-            + f"; the instances answered {load.requests / load.seconds:,.0f} requests/s for the "
-            "key, together."
-        )
-    return lines
+    return {
+        "wrk_version": wrk.version(),
+        "connections": str(CONNECTIONS),
+        "cpus": pinned if server_cpus else "not pinned (one CPU)",
+        "warmup": str(WARMUP_SECONDS),
+        "spread_minimum": f"{SPREAD_WARMUP_MINIMUM:g}",
+        "spread_budget": f"{spread_budget(seconds):g}",
+        "seconds": str(seconds),
+        "plain_body": verify_body("ks_live_…"),
+        "hot_body": verify_body("ks_live_…", ENDPOINT),
+        "hot_limit": accuracy.limit_text(HOT_RATE_LIMIT),
+        "spread_limit": accuracy.limit_text(SPREAD_RATE_LIMIT),
+        "accuracy_limit": accuracy.limit_text(ACCURACY_RATE_LIMIT),
+        "accuracy_connections": str(result.connections),
+        "spread_warm": f"{warm:,}",
+        "spread_warmup": f"{spread_warmup:.0f}",
+        "spread_verified": f"{verified:,}",
+        "spread_per_key": per_key,
+        "hot_leases_per_second": f"{hot.counters.leases_taken / hot_seconds:.1f}",
+        "hot_leases": per_1000(_per_1000(hot, hot.counters.leases_taken)),
+        "hot_p99": latency(hot.p99_ms),
+        "plain_p99": latency(plain.p99_ms),
+        "spread_leases": per_1000(spread_leases),
+        "spread_lease_statements": per_1000(_per_1000(spread, spread.counters.sql_lease)),
+        "spread_checkouts": per_1000(_per_1000(spread, spread.counters.checkouts)),
+        "spread_cpu": f"{spread.server_cpu_us_per_request:,.0f}",
+        "hot_cpu": f"{hot.server_cpu_us_per_request:,.0f}",
+        "spread_lease_each": lease_each if spread_leases >= MOSTLY * 1000 else "",
+        "hot_gc_ms": f"{hot.counters.gc_pause_us / 1000:,.0f}",
+        "hot_gc_full": str(hot.counters.gc_full_collections),
+        "spread_gc_ms": f"{spread.counters.gc_pause_us / 1000:,.0f}",
+        "spread_gc_full": str(spread.counters.gc_full_collections),
+        "accuracy_leases": f"{leases / requests * 1000:,.0f}",
+        "accuracy_refused": f"{result.refused / requests * 1000:,.0f}",
+        "accuracy_refusals": refusals,
+        "accuracy_rps": f"{requests / result.elapsed:,.0f}",
+    }
 
 
-def spread_lines(
-    results: Sequence[PhaseResult], summaries: dict[str, RouteSummary], keys: int, warm: int
-) -> tuple[str, list[str]]:
-    """How far the spread keys' warm-up and measured run went: a setup line, and warnings."""
-    warmup = sum(r.load.seconds for r in results if r.phase.name == warmup_name(SPREAD_PHASE))
-    measured = summaries[SPREAD_PHASE]
-    verified = measured.counters.verifications
-    line = (
-        f"{keys:,} keys, how far: {warm:,} cached (with their buckets) by {warmup:.0f} s of "
-        f"warm-up; the measured run verified {verified:,} times, "
-        + (
-            f"so each of its first {verified:,} keys once (it starts again from the first key)"
-            if verified < keys
-            else f"each key {verified / keys:.1f} times on average"
-        )
+def shipped_line(runs: list[Run]) -> str:
+    shipped = summarise(runs)
+    trivial, hot = shipped[f"{SHIPPED}: {TRIVIAL}"], shipped[f"{SHIPPED}: {HOT}"]
+    return (
+        f"As shipped (`keyservice serve`, access log on): hot key/trivial requests/s: "
+        f"{hot.rps / trivial.rps:.2f} (hot key {hot.rps:,.0f}/s, trivial {trivial.rps:,.0f}/s; "
+        f"p99 {latency(hot.p99_ms)} and {latency(trivial.p99_ms)}; measured apart, no goal)"
     )
-    warnings = []
-    lookups = measured.counters.sql_other
-    if lookups:
-        warnings.append(
-            f"{SPREAD_PHASE}: the measured run sent {lookups:,} statements other than leases and "
-            "usage flushes: keys it verified were not all cached (it went further than the warm-up)"
-        )
-    return line, warnings
-
-
-def setup_lines(
-    args: argparse.Namespace,
-    plan: Plan,
-    accuracy: AccuracyResult,
-    cpus: tuple[frozenset[int] | None, frozenset[int] | None],
-) -> list[str]:
-    server_cpus, loadgen_cpus = cpus
-    pinning = (
-        f"server pinned to CPU {_cpus(server_cpus)}, load generator to CPU {_cpus(loadgen_cpus)}"
-        if server_cpus and loadgen_cpus
-        else "not pinned"
-    )
-    measured = ", ".join(p.name for p in plan.measured)
-    return [
-        "Server: bench/server.py under uvicorn, 1 worker, `--no-access-log --log-level "
-        "warning`, on 127.0.0.1: keyservice's app built as in production (`create_app(settings)`, "
-        "default settings), whose lifespan opens the engine and runs the key invalidation "
-        "listener and the usage flusher (every second), plus statement and verification counters",
-        f"CPUs: {pinning} (the accuracy run's two instances share the server's)",
-        f"Phases: {args.warmup} s warm-up of each route (the {len(plan.spread.bodies):,} keys: "
-        f"right before their measured run, until all are cached and for at least "
-        f"{SPREAD_WARMUP_MINIMUM:g} s, when the long leases they took when first seen become due "
-        f"for renewal, so that the measured run renews most of them, for at most "
-        f"{_spread_budget(args.seconds):g} s), then "
-        f"{measured}: {args.seconds} s each, "
-        f"{args.connections} connections",
-        'Trivial route: `GET /healthz`, a constant pydantic model (`{"status":"ok"}`)',
-        f"Plain key: `POST /v1/verify` with `{verify_body('ks_live_…')}`: an application's key "
-        "without rate limit, valid for the scope, already cached (verified once before the load); "
-        "its usage is counted too (endpoint `unspecified`)",
-        f"Hot key: `{verify_body('ks_live_…', endpoint=ENDPOINT)}`, one key with a rate limit of "
-        f"{_limit(HOT_RATE_LIMIT)} (never refusing under this load): tokens leased from its "
-        "shared bucket, usage counted by endpoint",
-        f"{len(plan.spread.bodies):,} keys: the same body, in turn over {len(plan.spread.bodies):,}"
-        f" keys of the application with {_limit(SPREAD_RATE_LIMIT)} each, created straight in "
-        "the database (`keyservice.keys.service.new_key`); the measured run starts from the first "
-        "key, as the warm-up did, so that it finds its keys cached and their buckets created",
-        f"Accuracy: {accuracy.instances} instances of bench/server.py on the same database, one "
-        f"key with {_limit(ACCURACY_RATE_LIMIT)} (not verified before), loaded through both at "
-        f"once for {args.seconds} s by bench/overload.py ({accuracy.load.connections} "
-        "connections in all, pinned like the load generator), which reads every answer's `code` "
-        "and waits for the requests in flight at the end; allowance = burst + rate x elapsed, "
-        "elapsed from the first request sent to the last answer",
-    ]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -529,99 +344,91 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--seconds", type=int, default=10, help="each measured phase (10)")
-    parser.add_argument("--warmup", type=int, default=2, help="warm-up of each route (2)")
-    parser.add_argument("--connections", type=int, default=32, help="keep-alive connections (32)")
-    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
-    parser.add_argument("--no-install", action="store_true", help="do not try to install wrk")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
-    parser.add_argument(
-        "--output", type=Path, default=DEFAULT_OUTPUT, help="the report (docs/performance.md)"
-    )
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     args = parser.parse_args(argv)
-    # Bounded, so that one run stays within a couple of minutes.
-    if not 1 <= args.seconds <= 30 or not 1 <= args.warmup <= 10:
-        parser.error("--seconds must be within 1-30 and --warmup within 1-10")
-    if not 1 <= args.connections <= 512:
-        parser.error("--connections must be within 1-512")
+    # Bounded, so that one run stays within a few minutes.
+    if not 1 <= args.seconds <= 30:
+        parser.error("--seconds must be within 1-30")
     return args
+
+
+def plan_cpus() -> tuple[frozenset[int] | None, frozenset[int] | None]:
+    """CPUs for the server and for the load generator (the last one), when there are two."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (frozenset(cpus[:-1]), frozenset(cpus[-1:])) if len(cpus) > 1 else (None, None)
+
+
+def measure(admin_url: str, seconds: int, cpus: tuple[frozenset[int] | None, ...]) -> Report:
+    server_cpus, wrk_cpus = cpus
+    with database(admin_url) as url:
+        say(f"bench: migrating and bootstrapping {url.rsplit('/', 1)[1]}")
+        owner_key = prepare(url)
+        with serve(url, cpus=server_cpus) as server:
+            say(f"bench: serving on {server.base_url}")
+            application, phases = plan(server, url, owner_key, seconds)
+            for phase in phases[1:3]:
+                check_verifies(server, phase.bodies[0])
+            runs = [run_phase(server, p.warmup(WARMUP_SECONDS), wrk_cpus) for p in phases[:3]]
+            for phase in phases:
+                if phase.name == SPREAD:
+                    # Right before the measured run: its keys in steady use, not idle.
+                    warmups, warm = warm_spread(server, phase, wrk_cpus)
+                    runs += warmups
+                runs.append(run_phase(server, phase, wrk_cpus))
+            shipped = run_as_shipped(url, phases, cpus)
+            key = create_key(
+                server, owner_key, application, "Bench limited key", ACCURACY_RATE_LIMIT
+            )
+            with serve(url, cpus=server_cpus) as other:
+                say(f"bench: second instance on {other.base_url}")
+                result = accuracy.measure(
+                    [server, other],
+                    verify_body(key["key"], ENDPOINT),
+                    rate_limit=ACCURACY_RATE_LIMIT,
+                    connections=CONNECTIONS // ACCURACY_INSTANCES,
+                    seconds=seconds,
+                    cpus=wrk_cpus,
+                )
+        # Both instances stopped: their last usage flush is written.
+        result = dataclasses.replace(result, usage=usage(url, key["id"]))
+    summaries = summarise(runs)
+    lookups = summaries[SPREAD].counters.sql_other
+    lookups_warning = (
+        f"{SPREAD}: the measured run sent {lookups:,} statements other than leases and usage "
+        "flushes: keys it verified were not all cached (it went further than the warm-up)"
+    )
+    return Report(
+        runs=runs + shipped,
+        summaries=summaries,
+        baseline=TRIVIAL,
+        goals=goals(summaries, result),
+        accuracy=result,
+        results=[shipped_line(shipped)],
+        values=values(seconds, runs, summaries, warm, result, cpus)
+        | machine(fetch(admin_url, "SHOW server_version")[0]),
+        scenario_warnings=[lookups_warning] if lookups else [],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     admin_url = os.environ.get(
         "KEYSERVICE_BENCH_POSTGRES_URL",
-        os.environ.get("KEYSERVICE_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        os.environ.get("KEYSERVICE_TEST_POSTGRES_URL", POSTGRES_URL),
     )
-    cpus = server_cpus, loadgen_cpus = plan_cpus(not args.no_pin)
     try:
-        generator = generators.choose(
-            args.loadgen,
-            connections=args.connections,
-            cpus=loadgen_cpus,
-            install=not args.no_install,
-        )
-        postgres_version = admin(admin_url, "SHOW server_version")
-        with database(admin_url) as url:
-            say(f"bench: migrating and bootstrapping {url.rsplit('/', 1)[1]}")
-            owner_key = prepare(url)
-            with Server(url, cpus=server_cpus) as server:
-                say(f"bench: serving on {server.base_url}; load from {generator.name}")
-                fixture = create_fixture(server, url, owner_key, SPREAD_KEYS)
-                phases = plan(fixture, seconds=args.seconds, warmup=args.warmup)
-                for phase in phases.warmups:
-                    if phase.target.bodies:
-                        check_verifies(server, phase.target.bodies[0])
-                results = [run_phase(server, generator, phase) for phase in phases.warmups]
-                warm = 0
-                for phase in phases.measured:
-                    if phase.name == SPREAD_PHASE:
-                        # Right before the measured run: its keys in steady use, not idle.
-                        warmups, warm = warm_spread(
-                            server,
-                            generator,
-                            phases.spread,
-                            budget=_spread_budget(args.seconds),
-                            minimum=SPREAD_WARMUP_MINIMUM,
-                        )
-                        results += warmups
-                    results.append(run_phase(server, generator, phase))
-                accuracy = run_accuracy(
-                    server,
-                    url,
-                    fixture,
-                    connections=args.connections,
-                    seconds=args.seconds,
-                    cpus=cpus,
-                )
-        summaries = summarise(results)
-        spread_line, spread_warnings = spread_lines(
-            results, summaries, len(phases.spread.bodies), warm
-        )
-        report = Report(
-            date=dt.datetime.now(dt.UTC),
-            machine=Machine.here(postgres_version),
-            generator=generator.describe(),
-            setup=[*setup_lines(args, phases, accuracy, cpus), spread_line],
-            scenario_warnings=spread_warnings,
-            observations=observations(summaries, accuracy),
-            results=results,
-            summaries=summaries,
-            baseline=TRIVIAL_PHASE,
-            accuracy=accuracy,
-            goals=goals(summaries, accuracy),
-        )
+        wrk.executable()
+        report = measure(admin_url, args.seconds, plan_cpus())
     except BenchError as exc:
         say(f"bench: {exc}", stream=sys.stderr)
         return 1
-    say(report.console())
     args.output.write_text(report.markdown())
+    say("\n".join(["", report.results_section(), *report.notes()]))
     say(f"\nbench: wrote {args.output}")
     if report.problems:
         return 1
-    if args.check and not all(goal.met for goal in report.goals):
-        return 1
-    return 0
+    return 1 if args.check and not all(goal.met for goal in report.goals) else 0
 
 
 if __name__ == "__main__":
