@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -73,17 +73,25 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def serve(
-    database_url: str, *, cpus: frozenset[int] | None, as_shipped: bool = False
+    database_url: str,
+    *,
+    cpus: frozenset[int] | None,
+    as_shipped: bool = False,
+    settings: Mapping[str, str] | None = None,
+    serve_args: Sequence[str] = (),
 ) -> Iterator[Server]:
     """bench/server.py on ``database_url`` until the block ends; ``as_shipped``: keyservice
     started exactly as ``keyservice serve`` starts it (its log, access log included, goes to a
     file), without the bench's counters. The service runs with default settings: the caller's
-    own ``KEYSERVICE_*`` variables are not passed on."""
+    own ``KEYSERVICE_*`` variables are not passed on, ``settings`` are (``KEYSERVICE_*`` variables),
+    and ``serve_args`` go to ``keyservice serve``."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
     env |= {"KEYSERVICE_MODE": "production", "KEYSERVICE_DATABASE_URL": database_url}
+    env |= dict(settings or {})
+    keyservice = [sys.executable, "-m", "keyservice", "serve", "--host", HOST, "--port", str(port)]
     command = (
-        [sys.executable, "-m", "keyservice", "serve", "--host", HOST, "--port", str(port)]
+        [*keyservice, *serve_args]
         if as_shipped
         else [sys.executable, "-m", "bench.server", "--port", str(port)]
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keyservice import metrics
+from keyservice import logs, metrics
 
 ACCESS = logging.getLogger("keyservice.access")
 HEADER = b"x-request-id"
@@ -53,6 +53,7 @@ class RequestObserver:
         self.app = app
         # Paths answered ahead of the router (no route in the scope): their own template.
         self.fast_paths = fast_paths
+        self._access_handlers: list[logs.BackgroundHandler] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,22 +79,41 @@ class RequestObserver:
             method = scope["method"]
             metrics.http_request(route, method, status, seconds)
             if ACCESS.isEnabledFor(logging.INFO):
-                _log(scope, request_id, method, route, status, seconds)
+                _log(scope, request_id, method, route, status, seconds, self._handlers())
+
+    def _handlers(self) -> list[logs.BackgroundHandler]:
+        # Looked up once: the logging configuration is done before the first request.
+        handlers = self._access_handlers
+        if handlers is None:
+            handlers = self._access_handlers = logs.access_handlers()
+        return handlers
 
 
 def _log(
-    scope: Scope, request_id: bytes, method: str, route: str, status: int, seconds: float
+    scope: Scope,
+    request_id: bytes,
+    method: str,
+    route: str,
+    status: int,
+    seconds: float,
+    handlers: list[logs.BackgroundHandler],
 ) -> None:
     key_id, account_id = scope.get(_KEY) or (None, None)
     client = scope.get("client")
-    extra: dict[str, Any] = {
-        "request_id": request_id.decode(),
-        "method": method,
-        "route": route,
-        "status": status,
-        "duration_ms": round(seconds * 1000, 2),
-        "client": client[0] if client else None,
-        "key_id": str(key_id) if key_id else None,
-        "account_id": str(account_id) if account_id else None,
-    }
+    fields = (
+        request_id.decode(),
+        method,
+        route,
+        status,
+        round(seconds * 1000, 2),
+        client[0] if client else None,
+        str(key_id) if key_id else None,
+        str(account_id) if account_id else None,
+    )
+    if handlers:
+        line = (time.time(), *fields)
+        for handler in handlers:
+            handler.access(line)
+        return
+    extra: dict[str, Any] = dict(zip(logs.ACCESS_FIELDS, fields, strict=True))
     ACCESS.info("%s %s %d", method, route, status, extra=extra)
