@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 import secrets_seen
 from factories import Tenant, create_tenant
-from keyservice import migrate
+from keyservice import migrate, secretbox
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
 from keyservice.main import create_app
@@ -95,7 +95,10 @@ def require_postgres() -> None:
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return Settings(_env_file=None, mode="development", database_url=None)
+    # A key of the suite's own: development would otherwise write one beside ./keyservice.db.
+    return Settings(
+        _env_file=None, mode="development", database_url=None, encryption_key=secretbox.new_key()
+    )
 
 
 @pytest.fixture

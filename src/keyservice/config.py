@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from functools import lru_cache
+from ipaddress import ip_network
 from typing import Annotated, Self
 
 from fastapi import Depends, Request
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from keyservice.secretbox import is_fernet_key
 
 ENV_PREFIX = "KEYSERVICE_"
 SQLITE_DEFAULT_URL = "sqlite+aiosqlite:///./keyservice.db"
@@ -126,13 +129,32 @@ class Settings(BaseSettings):
         "in development.",
     )
 
+    # Webhooks
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="The Fernet key (`Fernet.generate_key()`: 32 bytes, url-safe base64) that "
+        "encrypts webhook signing secrets at rest. Required in production; in development, one "
+        "is generated into the database's directory when first needed.",
+    )
+    webhook_allowed_networks: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Networks (`10.0.0.0/8,127.0.0.1/32`) that webhook endpoints may reach "
+        "although they are not public, over http too. Development mode allows every address.",
+    )
+    webhook_secret_grace_seconds: int = Field(
+        default=24 * 3600,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="How long a rotated endpoint secret keeps signing beside the new one.",
+    )
+
     # Console sessions and logins
     session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
     login_failures_per_email: int = Field(default=5, ge=1)
     login_failures_per_address: int = Field(default=20, ge=1)
     login_failure_window_seconds: int = Field(default=15 * 60, ge=1)
 
-    @field_validator("scopes", "quota_alert_percents", mode="before")
+    @field_validator("scopes", "quota_alert_percents", "webhook_allowed_networks", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -149,6 +171,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"scope {scope!r}: the keyservice: namespace is reserved")
         return tuple(dict.fromkeys(value))
 
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for network in value:
+            try:
+                ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"invalid network {network!r}: expected an address or CIDR"
+                ) from None
+        return value
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _check_encryption_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not is_fernet_key(value.get_secret_value()):
+            raise ValueError("must be a Fernet key: 32 bytes in url-safe base64 (44 characters)")
+        return value
+
     @field_validator("key_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
@@ -162,6 +203,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "KEYSERVICE_DATABASE_URL must be set in production mode "
                 "(the embedded SQLite default is for development)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _production_needs_encryption_key(self) -> Self:
+        if self.mode is Mode.production and self.encryption_key is None:
+            raise ValueError(
+                "KEYSERVICE_ENCRYPTION_KEY must be set in production mode: it encrypts webhook "
+                "signing secrets (generate one with `keyservice encryption-key`)"
             )
         return self
 

@@ -27,11 +27,13 @@ from keyservice.availability import Availability
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
 from keyservice.ratelimit.limiter import Limiter
+from keyservice.secretbox import Keyring, development_key_path
 from keyservice.usage.alerts import Alerts
 from keyservice.usage.recorder import UsageRecorder
 from keyservice.verification.cache import KeyCache, Listener
 from keyservice.verification.throttle import FailureThrottle
 from keyservice.verification.verifier import Verifier
+from keyservice.webhooks.ssrf import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,12 @@ class Runtime:
             limiter=self.limiter,
             usage=self.usage,
         )
+        key = settings.encryption_key
+        self.keyring = Keyring(
+            key.get_secret_value() if key is not None else None,
+            development_path=development_key_path(settings.effective_database_url),
+        )
+        self.ssrf_policy = Policy.of(settings)
         self.workers: list[Worker] = []
         if self.engine is not None:
             self._add_database_workers(self.engine)

@@ -11,6 +11,12 @@ from keyservice.models.membership import Membership, Role
 from keyservice.models.rate_bucket import RateBucket
 from keyservice.models.usage_counter import UsageCounter
 from keyservice.models.user import User
+from keyservice.models.webhook import (
+    MessageStatus,
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 
 __all__ = [
     "Account",
@@ -23,9 +29,13 @@ __all__ = [
     "KeyStatus",
     "LoginThrottle",
     "Membership",
+    "MessageStatus",
     "RateBucket",
     "Role",
     "UsageCounter",
     "User",
+    "WebhookAttempt",
+    "WebhookEndpoint",
+    "WebhookMessage",
     "utcnow",
 ]

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, status
+
+from keyservice.config import SettingsDep
+from keyservice.db import SessionDep
+from keyservice.errors import InvalidWebhookUrl, NotFound, UnknownEventType, responses
+from keyservice.pagination import Page, PageDep
+from keyservice.secretbox import SecretBox
+from keyservice.verification.dependency import AUTH_ERRORS, require
+from keyservice.verification.service import Principal
+from keyservice.webhooks import service
+from keyservice.webhooks.schemas import (
+    EndpointCreate,
+    EndpointOut,
+    EndpointUpdate,
+    EndpointWithSecret,
+    RotateSecret,
+)
+from keyservice.webhooks.ssrf import Policy
+
+router = APIRouter(prefix="/v1/webhooks/endpoints", tags=["webhooks"])
+
+WebhookReader = Annotated[Principal, Depends(require("keyservice:webhooks:read"))]
+WebhookWriter = Annotated[Principal, Depends(require("keyservice:webhooks:write"))]
+
+
+async def _box(request: Request) -> SecretBox:
+    box: SecretBox = request.app.state.keyring.box()
+    return box
+
+
+async def _policy(request: Request) -> Policy:
+    policy: Policy = request.app.state.ssrf_policy
+    return policy
+
+
+BoxDep = Annotated[SecretBox, Depends(_box)]
+PolicyDep = Annotated[Policy, Depends(_policy)]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=responses(*AUTH_ERRORS, InvalidWebhookUrl, UnknownEventType),
+)
+async def create_endpoint(
+    session: SessionDep, actor: WebhookWriter, box: BoxDep, policy: PolicyDep, body: EndpointCreate
+) -> EndpointWithSecret:
+    """Register a URL to receive the account's events, of the types in `event_types` (none:
+    all). The answer holds the endpoint's signing secret, **shown this once**: every delivery
+    carries Standard Webhooks headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`)
+    that a receiver verifies with it.
+
+    In production the URL must be https and its host must resolve to public addresses only;
+    loopback, private, link-local and metadata addresses are refused, here and at each
+    delivery."""
+    endpoint, secret = await service.create_endpoint(session, actor, body, box=box, policy=policy)
+    return EndpointWithSecret.with_secret(endpoint, secret)
+
+
+@router.get("", responses=responses(*AUTH_ERRORS))
+async def list_endpoints(
+    session: SessionDep, actor: WebhookReader, page: PageDep
+) -> Page[EndpointOut]:
+    """The account's webhook endpoints, newest first. Secrets are never listed."""
+    endpoints, next_cursor = await service.list_endpoints(
+        session, account_id=actor.account_id, page=page
+    )
+    return Page(data=[EndpointOut.of(e) for e in endpoints], next_cursor=next_cursor)
+
+
+@router.get("/{endpoint_id}", responses=responses(*AUTH_ERRORS, NotFound))
+async def get_endpoint(
+    session: SessionDep, actor: WebhookReader, endpoint_id: uuid.UUID
+) -> EndpointOut:
+    """One webhook endpoint, without its secret."""
+    endpoint = await service.get_endpoint(
+        session, account_id=actor.account_id, endpoint_id=endpoint_id
+    )
+    return EndpointOut.of(endpoint)
+
+
+@router.patch(
+    "/{endpoint_id}",
+    responses=responses(*AUTH_ERRORS, NotFound, InvalidWebhookUrl, UnknownEventType),
+)
+async def update_endpoint(
+    session: SessionDep,
+    actor: WebhookWriter,
+    policy: PolicyDep,
+    endpoint_id: uuid.UUID,
+    body: EndpointUpdate,
+) -> EndpointOut:
+    """Change an endpoint's URL, description or event types. Messages already written keep
+    going to it; the new event types apply to events from now on."""
+    endpoint = await service.update_endpoint(session, actor, endpoint_id, body, policy=policy)
+    return EndpointOut.of(endpoint)
+
+
+@router.delete(
+    "/{endpoint_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=responses(*AUTH_ERRORS, NotFound),
+)
+async def delete_endpoint(
+    session: SessionDep, actor: WebhookWriter, endpoint_id: uuid.UUID
+) -> None:
+    """Delete an endpoint, with its messages and their delivery history."""
+    await service.delete_endpoint(session, actor, endpoint_id)
+
+
+@router.post("/{endpoint_id}/enable", responses=responses(*AUTH_ERRORS, NotFound))
+async def enable_endpoint(
+    session: SessionDep, actor: WebhookWriter, endpoint_id: uuid.UUID
+) -> EndpointOut:
+    """Enable an endpoint, whoever disabled it (a call, a 410 answer, or keyservice after it
+    failed for too long): its pending messages are delivered again."""
+    endpoint = await service.set_enabled(session, actor, endpoint_id, enabled=True)
+    return EndpointOut.of(endpoint)
+
+
+@router.post("/{endpoint_id}/disable", responses=responses(*AUTH_ERRORS, NotFound))
+async def disable_endpoint(
+    session: SessionDep, actor: WebhookWriter, endpoint_id: uuid.UUID
+) -> EndpointOut:
+    """Disable an endpoint: nothing is sent to it until it is enabled again; events meanwhile
+    wait for it."""
+    endpoint = await service.set_enabled(session, actor, endpoint_id, enabled=False)
+    return EndpointOut.of(endpoint)
+
+
+@router.post("/{endpoint_id}/rotate-secret", responses=responses(*AUTH_ERRORS, NotFound))
+async def rotate_secret(
+    session: SessionDep,
+    settings: SettingsDep,
+    actor: WebhookWriter,
+    box: BoxDep,
+    endpoint_id: uuid.UUID,
+    body: RotateSecret | None = None,
+) -> EndpointWithSecret:
+    """A new signing secret, **shown this once**. The previous one keeps signing beside it for
+    the grace period (default 24 hours): deliveries then carry two signatures in
+    `webhook-signature`, separated by a space, so that a receiver verifies with either while it
+    switches."""
+    grace = settings.webhook_secret_grace_seconds
+    if body is not None and body.grace_period_seconds is not None:
+        grace = body.grace_period_seconds
+    endpoint, secret = await service.rotate_secret(
+        session, actor, endpoint_id, grace_seconds=grace, box=box
+    )
+    return EndpointWithSecret.with_secret(endpoint, secret)

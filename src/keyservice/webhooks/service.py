@@ -1,0 +1,223 @@
+"""Webhook endpoints: where an account's events go, and the secrets that sign them.
+
+A secret is returned once, by the call that made it (create, rotate); it is stored encrypted
+(``keyservice.secretbox``) and never read back through the API. Another account's endpoint is
+"not found", never "forbidden".
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Iterable, Sequence
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.audit import service as audit
+from keyservice.errors import InvalidWebhookUrl, NotFound, UnknownEventType
+from keyservice.events import service as events
+from keyservice.models import WebhookEndpoint, utcnow
+from keyservice.pagination import PageParams, paginate
+from keyservice.secretbox import SecretBox
+from keyservice.verification.service import Principal
+from keyservice.webhooks import signing
+from keyservice.webhooks.schemas import EndpointCreate, EndpointUpdate
+from keyservice.webhooks.ssrf import Policy, Refused
+
+
+def known_event_types() -> frozenset[str]:
+    return frozenset(t.name for t in events.event_types())
+
+
+def check_event_types(types: Iterable[str], known: Collection[str]) -> list[str]:
+    """``types`` without repeats; ``UnknownEventType`` naming the first that is not known."""
+    types = list(dict.fromkeys(types))
+    for index, name in enumerate(types):
+        if name not in known:
+            raise UnknownEventType(
+                f"event_types.{index}: unknown event type {name!r} (see GET /v1/event-types)",
+                field=f"event_types.{index}",
+                event_type=name,
+            )
+    return types
+
+
+async def check_url(url: str, *, policy: Policy) -> None:
+    try:
+        await policy.check(url)
+    except Refused as refused:
+        raise InvalidWebhookUrl(f"url: {refused.message}", field="url") from None
+
+
+async def create_endpoint(
+    session: AsyncSession,
+    actor: Principal,
+    data: EndpointCreate,
+    *,
+    box: SecretBox,
+    policy: Policy,
+) -> tuple[WebhookEndpoint, str]:
+    """The new endpoint and its secret (the only time it is returned)."""
+    event_types = check_event_types(data.event_types, known_event_types())
+    await check_url(data.url, policy=policy)
+    secret = signing.new_secret()
+    now = utcnow()
+    endpoint = WebhookEndpoint(
+        account_id=actor.account_id,
+        url=data.url,
+        description=data.description,
+        event_types=event_types,
+        enabled=data.enabled,
+        disabled_reason=None if data.enabled else "manual",
+        disabled_at=None if data.enabled else now,
+        secret_encrypted=box.encrypt(secret),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(endpoint)
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        action="webhook_endpoint.created",
+        target_type="webhook_endpoint",
+        target_id=endpoint.id,
+        details={"url": endpoint.url, "event_types": event_types, "enabled": endpoint.enabled},
+    )
+    return endpoint, secret
+
+
+async def get_endpoint(
+    session: AsyncSession, *, account_id: uuid.UUID, endpoint_id: uuid.UUID
+) -> WebhookEndpoint:
+    endpoint = await session.get(WebhookEndpoint, endpoint_id)
+    if endpoint is None or endpoint.account_id != account_id:
+        raise NotFound("Webhook endpoint not found")
+    return endpoint
+
+
+async def list_endpoints(
+    session: AsyncSession, *, account_id: uuid.UUID, page: PageParams
+) -> tuple[Sequence[WebhookEndpoint], str | None]:
+    statement = select(WebhookEndpoint).where(WebhookEndpoint.account_id == account_id)
+    return await paginate(
+        session, statement, page, created_at=WebhookEndpoint.created_at, id_=WebhookEndpoint.id
+    )
+
+
+async def update_endpoint(
+    session: AsyncSession,
+    actor: Principal,
+    endpoint_id: uuid.UUID,
+    data: EndpointUpdate,
+    *,
+    policy: Policy,
+) -> WebhookEndpoint:
+    endpoint = await get_endpoint(session, account_id=actor.account_id, endpoint_id=endpoint_id)
+    changes = data.model_dump(exclude_unset=True, exclude_none=True)
+    if "event_types" in changes:
+        changes["event_types"] = check_event_types(changes["event_types"], known_event_types())
+    if "url" in changes:
+        await check_url(changes["url"], policy=policy)
+    changed = audit.apply_changes(endpoint, changes)
+    if not changed:
+        return endpoint
+    endpoint.updated_at = utcnow()
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        action="webhook_endpoint.updated",
+        target_type="webhook_endpoint",
+        target_id=endpoint.id,
+        details=changed,
+    )
+    return endpoint
+
+
+async def delete_endpoint(session: AsyncSession, actor: Principal, endpoint_id: uuid.UUID) -> None:
+    """Delete the endpoint and, with it, its messages and their attempts."""
+    endpoint = await get_endpoint(session, account_id=actor.account_id, endpoint_id=endpoint_id)
+    await session.delete(endpoint)
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        action="webhook_endpoint.deleted",
+        target_type="webhook_endpoint",
+        target_id=endpoint_id,
+        details={"url": endpoint.url},
+    )
+
+
+async def set_enabled(
+    session: AsyncSession, actor: Principal, endpoint_id: uuid.UUID, *, enabled: bool
+) -> WebhookEndpoint:
+    """Enable or disable the endpoint. Enabling it starts afresh: its pending messages are
+    delivered, and its failing time counts from its next failure."""
+    endpoint = await get_endpoint(session, account_id=actor.account_id, endpoint_id=endpoint_id)
+    if endpoint.enabled == enabled:
+        return endpoint
+    now = utcnow()
+    endpoint.enabled = enabled
+    endpoint.disabled_reason = None if enabled else "manual"
+    endpoint.disabled_at = None if enabled else now
+    endpoint.failing_since = None
+    endpoint.updated_at = now
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        action="webhook_endpoint.enabled" if enabled else "webhook_endpoint.disabled",
+        target_type="webhook_endpoint",
+        target_id=endpoint.id,
+    )
+    return endpoint
+
+
+async def rotate_secret(
+    session: AsyncSession,
+    actor: Principal,
+    endpoint_id: uuid.UUID,
+    *,
+    grace_seconds: int,
+    box: SecretBox,
+) -> tuple[WebhookEndpoint, str]:
+    """A new secret; the current one keeps signing beside it for ``grace_seconds`` (0: it
+    stops at once)."""
+    endpoint = await get_endpoint(session, account_id=actor.account_id, endpoint_id=endpoint_id)
+    secret = signing.new_secret()
+    now = utcnow()
+    if grace_seconds > 0:
+        endpoint.previous_secret_encrypted = endpoint.secret_encrypted
+        endpoint.previous_secret_expires_at = now + timedelta(seconds=grace_seconds)
+    else:
+        endpoint.previous_secret_encrypted = None
+        endpoint.previous_secret_expires_at = None
+    endpoint.secret_encrypted = box.encrypt(secret)
+    endpoint.secret_rotated_at = now
+    endpoint.updated_at = now
+    await session.flush()
+    await audit.record(
+        session,
+        actor,
+        action="webhook_endpoint.secret_rotated",
+        target_type="webhook_endpoint",
+        target_id=endpoint.id,
+        details={"grace_period_seconds": grace_seconds},
+    )
+    return endpoint, secret
+
+
+def signing_secrets(endpoint: WebhookEndpoint, *, box: SecretBox) -> list[str]:
+    """The secrets that sign a delivery now: the current one, and the previous one while its
+    grace period lasts."""
+    secrets_ = [box.decrypt(endpoint.secret_encrypted)]
+    if (
+        endpoint.previous_secret_encrypted is not None
+        and endpoint.previous_secret_expires_at is not None
+        and endpoint.previous_secret_expires_at > utcnow()
+    ):
+        secrets_.append(box.decrypt(endpoint.previous_secret_encrypted))
+    return secrets_
