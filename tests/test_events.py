@@ -508,6 +508,7 @@ KEYSERVICE_EVENT_TYPES = {
     "member.updated",
     "member.removed",
     "usage.threshold",
+    "webhook.endpoint.disabled",
 }
 
 

@@ -147,6 +147,30 @@ class Settings(BaseSettings):
         le=7 * 24 * 3600,
         description="How long a rotated endpoint secret keeps signing beside the new one.",
     )
+    webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = Field(
+        default=(5.0, 300.0, 1800.0, 7200.0, 18000.0),
+        min_length=1,
+        max_length=20,
+        description="Seconds before each retry of a failed delivery (each up to 10% later, at "
+        "random); after the last, the message has failed.",
+    )
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=60)
+    webhook_claim_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a worker's claim on a message lasts; one not settled by then (its "
+        "instance died) is taken over. Longer than the timeout.",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=300,
+        description="How often each worker looks for due deliveries (retries; new messages on "
+        "SQLite). On PostgreSQL a commit's NOTIFY wakes the workers at once.",
+    )
+    webhook_batch_size: int = Field(
+        default=50, ge=1, le=1000, description="Messages a worker claims, and sends at once."
+    )
 
     # Console sessions and logins
     session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
@@ -154,7 +178,13 @@ class Settings(BaseSettings):
     login_failures_per_address: int = Field(default=20, ge=1)
     login_failure_window_seconds: int = Field(default=15 * 60, ge=1)
 
-    @field_validator("scopes", "quota_alert_percents", "webhook_allowed_networks", mode="before")
+    @field_validator(
+        "scopes",
+        "quota_alert_percents",
+        "webhook_allowed_networks",
+        "webhook_retry_schedule",
+        mode="before",
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -213,6 +243,17 @@ class Settings(BaseSettings):
                 "KEYSERVICE_ENCRYPTION_KEY must be set in production mode: it encrypts webhook "
                 "signing secrets (generate one with `keyservice encryption-key`)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_delivery(self) -> Self:
+        if self.webhook_claim_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError(
+                "KEYSERVICE_WEBHOOK_CLAIM_LEASE_SECONDS must be longer than "
+                "KEYSERVICE_WEBHOOK_TIMEOUT_SECONDS: a claim must outlast its attempt"
+            )
+        if any(delay < 0 for delay in self.webhook_retry_schedule):
+            raise ValueError("KEYSERVICE_WEBHOOK_RETRY_SCHEDULE: delays are never negative")
         return self
 
     @property

@@ -33,6 +33,7 @@ from keyservice.usage.recorder import UsageRecorder
 from keyservice.verification.cache import KeyCache, Listener
 from keyservice.verification.throttle import FailureThrottle
 from keyservice.verification.verifier import Verifier
+from keyservice.webhooks.delivery import Delivery, WakeListener
 from keyservice.webhooks.ssrf import Policy
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,13 @@ class Runtime:
             development_path=development_key_path(settings.effective_database_url),
         )
         self.ssrf_policy = Policy.of(settings)
+        self.delivery = Delivery(
+            sessionmaker,
+            settings,
+            keyring=self.keyring,
+            policy=self.ssrf_policy,
+            availability=self.availability,
+        )
         self.workers: list[Worker] = []
         if self.engine is not None:
             self._add_database_workers(self.engine)
@@ -124,6 +132,11 @@ class Runtime:
 
         async def start_flusher() -> None:
             await self.usage.start(self.settings.usage_flush_seconds)
+
+        self.add(Worker("webhook delivery", self.delivery.start, self.delivery.stop))
+        if engine.dialect.name == "postgresql":
+            wake = WakeListener(engine.url, self.delivery)
+            self.add(Worker("webhook listener", wake.start, wake.stop))
 
         # Last started, first stopped: its final flush writes what was counted until then.
         self.add(Worker("usage flusher", start_flusher, self.usage.stop))

@@ -1,5 +1,5 @@
 """The catalogue of keyservice's own events: each type's payload (an event's ``data``) as a
-pydantic model, what it means, and an example. ``GET /v1/event-types`` lists it, and webhooks will
+pydantic model, what it means, and an example. ``GET /v1/event-types`` lists it, and webhooks
 deliver from it.
 
 A payload carries the ids of what changed and the fields that changed, never a secret: no key,
@@ -215,6 +215,21 @@ class UsageThresholdData(
     """By ``kind``: ``monthly_quota`` or ``rate_limited``."""
 
 
+# --- webhooks ----------------------------------------------------------------------------------
+
+
+class WebhookEndpointDisabledData(Payload):
+    endpoint_id: uuid.UUID
+    url: str
+    reason: Literal["gone", "failing"] = Field(
+        description="`gone`: the endpoint answered 410 Gone. `failing`: every delivery attempt "
+        "failed for the configured time."
+    )
+    failing_since: datetime | None = Field(
+        description="Since when every attempt failed (`failing`); null for `gone`."
+    )
+
+
 # --- the catalogue -----------------------------------------------------------------------------
 
 _KEY = {
@@ -233,6 +248,7 @@ READ_SCOPES = {
     "application": "keyservice:applications:read",
     "member": "keyservice:members:read",
     "usage": "keyservice:usage:read",
+    "webhook": "keyservice:webhooks:read",
 }
 
 
@@ -369,6 +385,19 @@ EVENT_TYPES: tuple[EventType, ...] = (
             "quota": 100000,
             "used": 80000,
             "month": "2026-11",
+        },
+    ),
+    EventType(
+        "webhook.endpoint.disabled",
+        "keyservice disabled a webhook endpoint: it answered 410 Gone (`gone`), or every "
+        "delivery to it failed for the configured time (`failing`). Messages for it wait until "
+        "it is enabled again. Never delivered to the endpoint it is about.",
+        WebhookEndpointDisabledData,
+        {
+            "endpoint_id": "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a",
+            "url": "https://hooks.partner.example/keyservice",
+            "reason": "failing",
+            "failing_since": "2026-11-16T09:30:00Z",
         },
     ),
 )

@@ -36,12 +36,14 @@ async def list_events(
     user's personal key in each account the user has joined), its applications created, updated
     and deleted, its members added (at once, or when they accept an invitation), updated and
     removed, and `usage.threshold` when a key crosses 80% and 100% of its monthly quota, or
-    keeps being refused within an hour (once per threshold and period). Each is recorded with
-    the change that caused it, never without it; webhooks will deliver from this list.
+    keeps being refused within an hour (once per threshold and period), and
+    `webhook.endpoint.disabled` when keyservice disables a webhook endpoint. Each is recorded
+    with the change that caused it, never without it; webhooks deliver from this list.
 
     An event shows what it is about, so a key sees only the events it could read otherwise:
     `key.*` take `keyservice:keys:read`, `application.*` `keyservice:applications:read` and
-    `member.*` `keyservice:members:read`, besides `keyservice:usage:read`."""
+    `member.*` `keyservice:members:read` and `webhook.*` `keyservice:webhooks:read`, besides
+    `keyservice:usage:read`."""
     events, next_cursor = await service.list_events(
         session, actor, page=page, type_=type, key_id=key_id
     )

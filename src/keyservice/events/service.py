@@ -2,14 +2,15 @@
 
 An event is recorded by the service that caused it, in the caller's transaction: it is written
 with the change or not at all, and a rolled-back change records nothing. The events table is the
-outbox that webhooks will deliver from. Payloads are the catalogue's models (``catalogue.py``), so
+outbox that webhooks deliver from: its subscribers (``subscribe``) are told of each event in the
+same transaction. Payloads are the catalogue's models (``catalogue.py``), so
 that what is stored is what is documented.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -21,6 +22,27 @@ from keyservice.events import catalogue
 from keyservice.models import Event, Membership, utcnow
 from keyservice.pagination import PageParams, paginate
 from keyservice.verification.service import Principal
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """An event just written, as its subscribers are told of it."""
+
+    id: uuid.UUID
+    account_id: uuid.UUID
+    type: str
+
+
+# Called with the events each ``record_many`` wrote, in its transaction (webhooks fan out
+# from here). The outbox knows its subscribers only through this list.
+Subscriber = Callable[[AsyncSession, Sequence[Recorded]], Awaitable[None]]
+_subscribers: list[Subscriber] = []
+
+
+def subscribe(subscriber: Subscriber) -> None:
+    """Have ``subscriber`` called, in the recording transaction, with every event recorded."""
+    if subscriber not in _subscribers:
+        _subscribers.append(subscriber)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +102,19 @@ async def record_many(session: AsyncSession, events: Iterable[NewEvent]) -> None
     ]
     if not rows:
         return
-    await session.execute(
-        upsert(session, Event.__table__)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-    )
+    table = Event.__table__.c
+    written = (
+        await session.execute(
+            upsert(session, Event.__table__)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(table.id, table.account_id, table.type)
+        )
+    ).all()
+    recorded = [Recorded(row.id, row.account_id, row.type) for row in written]
+    if recorded:
+        for subscriber in _subscribers:
+            await subscriber(session, recorded)
 
 
 async def joined_accounts(session: AsyncSession, user_id: uuid.UUID) -> Sequence[uuid.UUID]:
