@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 
 from keyservice.config import SettingsDep
 from keyservice.db import SessionDep
@@ -14,11 +14,18 @@ from keyservice.verification.dependency import AUTH_ERRORS, require
 from keyservice.verification.service import Principal
 from keyservice.webhooks import service
 from keyservice.webhooks.schemas import (
+    DeliveryStatus,
     EndpointCreate,
     EndpointOut,
     EndpointUpdate,
     EndpointWithSecret,
+    MessageOut,
+    Replay,
+    Replayed,
     RotateSecret,
+    SentRequest,
+    TestEvent,
+    TestResult,
 )
 from keyservice.webhooks.ssrf import Policy
 
@@ -153,3 +160,86 @@ async def rotate_secret(
         session, actor, endpoint_id, grace_seconds=grace, box=box
     )
     return EndpointWithSecret.with_secret(endpoint, secret)
+
+
+@router.get("/{endpoint_id}/deliveries", responses=responses(*AUTH_ERRORS, NotFound))
+async def list_deliveries(
+    session: SessionDep,
+    actor: WebhookReader,
+    page: PageDep,
+    endpoint_id: uuid.UUID,
+    status: Annotated[DeliveryStatus | None, Query()] = None,
+    event_type: Annotated[
+        str | None, Query(max_length=64, pattern=r"^[a-z_.]+$", examples=["key.created"])
+    ] = None,
+) -> Page[MessageOut]:
+    """The endpoint's messages, newest first, by `status` and `event_type`, a page at a time:
+    each with every attempt made (when, the status code, the latency, the first 4 KB of the
+    answer, or why no answer came: `refused`, `timeout`, `tls`, `dns`, ...)."""
+    messages, next_cursor = await service.list_deliveries(
+        session,
+        account_id=actor.account_id,
+        endpoint_id=endpoint_id,
+        page=page,
+        status=status,
+        event_type=event_type,
+    )
+    return Page(data=[MessageOut.of(m, a) for m, a in messages], next_cursor=next_cursor)
+
+
+@router.post(
+    "/{endpoint_id}/deliveries/{message_id}/redeliver",
+    responses=responses(*AUTH_ERRORS, NotFound),
+)
+async def redeliver(
+    session: SessionDep, actor: WebhookWriter, endpoint_id: uuid.UUID, message_id: uuid.UUID
+) -> MessageOut:
+    """Deliver a message again, now, with a fresh series of retries, whatever its status: the
+    same event under the same `webhook-id`. A disabled endpoint gets it once enabled."""
+    message, attempts = await service.redeliver(
+        session, actor, endpoint_id=endpoint_id, message_id=message_id
+    )
+    return MessageOut.of(message, attempts)
+
+
+@router.post("/{endpoint_id}/replay", responses=responses(*AUTH_ERRORS, NotFound))
+async def replay(
+    session: SessionDep, actor: WebhookWriter, endpoint_id: uuid.UUID, body: Replay
+) -> Replayed:
+    """Deliver again every failed message of the endpoint created since `since`: after an
+    outage of the receiver, say."""
+    replayed = await service.replay(session, actor, endpoint_id=endpoint_id, since=body.since)
+    return Replayed(replayed=replayed)
+
+
+@router.post("/{endpoint_id}/test", responses=responses(*AUTH_ERRORS, NotFound, UnknownEventType))
+async def test_endpoint(
+    session: SessionDep,
+    actor: WebhookWriter,
+    box: BoxDep,
+    policy: PolicyDep,
+    request: Request,
+    endpoint_id: uuid.UUID,
+    body: TestEvent,
+) -> TestResult:
+    """Send a sample event of the chosen type to the endpoint now, enabled or not, and answer
+    with the attempt: its status code, latency and the start of the answer (or why none came),
+    and the exact headers and body sent, to compare with what a receiver computes. The sample
+    is not recorded, and not retried."""
+    sent, outcome = await service.test_endpoint(
+        session,
+        actor,
+        endpoint_id=endpoint_id,
+        event_type=body.event_type,
+        box=box,
+        policy=policy,
+        client=request.app.state.runtime.delivery.http(),
+    )
+    return TestResult(
+        request=SentRequest(url=sent.url, headers=sent.headers, body=sent.body.decode()),
+        status_code=outcome.status_code,
+        latency_ms=outcome.latency_ms,
+        response_excerpt=outcome.excerpt,
+        error=outcome.error,
+        success=outcome.success,
+    )

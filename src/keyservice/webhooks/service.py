@@ -9,20 +9,28 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+import httpx
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.audit import service as audit
 from keyservice.errors import InvalidWebhookUrl, NotFound, UnknownEventType
 from keyservice.events import service as events
-from keyservice.models import WebhookEndpoint, utcnow
+from keyservice.models import (
+    MessageStatus,
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookMessage,
+    utcnow,
+)
 from keyservice.pagination import PageParams, paginate
 from keyservice.secretbox import SecretBox
 from keyservice.verification.service import Principal
-from keyservice.webhooks import signing
+from keyservice.webhooks import fanout, signing
 from keyservice.webhooks.schemas import EndpointCreate, EndpointUpdate
+from keyservice.webhooks.sending import Outcome, Request, body_of, build_request, send
 from keyservice.webhooks.ssrf import Policy, Refused
 
 
@@ -221,3 +229,150 @@ def signing_secrets(endpoint: WebhookEndpoint, *, box: SecretBox) -> list[str]:
     ):
         secrets_.append(box.decrypt(endpoint.previous_secret_encrypted))
     return secrets_
+
+
+# --- deliveries ---------------------------------------------------------------------------------
+
+
+async def list_deliveries(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    endpoint_id: uuid.UUID,
+    page: PageParams,
+    status: str | None = None,
+    event_type: str | None = None,
+) -> tuple[list[tuple[WebhookMessage, list[WebhookAttempt]]], str | None]:
+    """The endpoint's messages, newest first, each with its attempts, oldest first."""
+    await get_endpoint(session, account_id=account_id, endpoint_id=endpoint_id)
+    statement = select(WebhookMessage).where(WebhookMessage.endpoint_id == endpoint_id)
+    if status is not None:
+        statement = statement.where(WebhookMessage.status == status)
+    if event_type is not None:
+        statement = statement.where(WebhookMessage.event_type == event_type)
+    messages, next_cursor = await paginate(
+        session, statement, page, created_at=WebhookMessage.created_at, id_=WebhookMessage.id
+    )
+    return await _with_attempts(session, messages), next_cursor
+
+
+async def _with_attempts(
+    session: AsyncSession, messages: Sequence[WebhookMessage]
+) -> list[tuple[WebhookMessage, list[WebhookAttempt]]]:
+    attempts: dict[uuid.UUID, list[WebhookAttempt]] = {m.id: [] for m in messages}
+    if messages:
+        for attempt in await session.scalars(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.message_id.in_(list(attempts)))
+            .order_by(WebhookAttempt.attempted_at, WebhookAttempt.id)
+        ):
+            attempts[attempt.message_id].append(attempt)
+    return [(m, attempts[m.id]) for m in messages]
+
+
+async def _wake_workers(session: AsyncSession) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(func.pg_notify(fanout.CHANNEL, "")))
+
+
+async def redeliver(
+    session: AsyncSession,
+    actor: Principal,
+    *,
+    endpoint_id: uuid.UUID,
+    message_id: uuid.UUID,
+) -> tuple[WebhookMessage, list[WebhookAttempt]]:
+    """Deliver the message again now, with a fresh series of retries (under the same
+    ``webhook-id``), whatever its status. An endpoint that is disabled gets it once enabled."""
+    await get_endpoint(session, account_id=actor.account_id, endpoint_id=endpoint_id)
+    message = await session.get(WebhookMessage, message_id)
+    if message is None or message.endpoint_id != endpoint_id:
+        raise NotFound("Message not found")
+    _again(message)
+    await session.flush()
+    await _wake_workers(session)
+    await audit.record(
+        session,
+        actor,
+        action="webhook_message.redelivered",
+        target_type="webhook_message",
+        target_id=message.id,
+        details={"endpoint_id": str(endpoint_id)},
+    )
+    [with_attempts] = await _with_attempts(session, [message])
+    return with_attempts
+
+
+def _again(message: WebhookMessage) -> None:
+    message.status = MessageStatus.pending
+    message.attempts = 0
+    message.next_attempt_at = utcnow()
+    message.claimed_by = None
+    message.finished_at = None
+
+
+async def replay(
+    session: AsyncSession, actor: Principal, *, endpoint_id: uuid.UUID, since: datetime
+) -> int:
+    """Deliver again every failed message of the endpoint created since ``since``: how many."""
+    await get_endpoint(session, account_id=actor.account_id, endpoint_id=endpoint_id)
+    rows = (
+        await session.execute(
+            update(WebhookMessage)
+            .where(
+                WebhookMessage.endpoint_id == endpoint_id,
+                WebhookMessage.status == MessageStatus.failed,
+                WebhookMessage.created_at >= since,
+            )
+            .values(
+                status=MessageStatus.pending,
+                attempts=0,
+                next_attempt_at=utcnow(),
+                claimed_by=None,
+                finished_at=None,
+            )
+            .returning(WebhookMessage.id)
+            .execution_options(synchronize_session=False)
+        )
+    ).all()
+    replayed = len(rows)
+    if replayed:
+        await _wake_workers(session)
+    await audit.record(
+        session,
+        actor,
+        action="webhook_messages.replayed",
+        target_type="webhook_endpoint",
+        target_id=endpoint_id,
+        details={"since": since.isoformat(), "replayed": replayed},
+    )
+    return replayed
+
+
+def sample_body(event_type: str) -> bytes:
+    """A sample event's body: the type's example from the catalogue, as of now."""
+    example = next(t.example for t in events.event_types() if t.name == event_type)
+    return body_of(event_type, utcnow(), example)
+
+
+async def test_endpoint(
+    session: AsyncSession,
+    actor: Principal,
+    *,
+    endpoint_id: uuid.UUID,
+    event_type: str,
+    box: SecretBox,
+    policy: Policy,
+    client: httpx.AsyncClient,
+) -> tuple[Request, Outcome]:
+    """Send a sample event of ``event_type`` to the endpoint now (enabled or not), outside the
+    outbox: nothing is recorded, nothing retried. What was sent, and what came back."""
+    endpoint = await get_endpoint(session, account_id=actor.account_id, endpoint_id=endpoint_id)
+    check_event_types([event_type], known_event_types())
+    request = build_request(
+        endpoint.url,
+        signing_secrets(endpoint, box=box),
+        message_id=str(uuid.uuid4()),
+        body=sample_body(event_type),
+    )
+    return request, await send(client, policy, request)
