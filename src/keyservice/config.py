@@ -25,6 +25,9 @@ DEFAULT_SCOPES = tuple(
 
 SCOPE_RE = re.compile(r"^[a-z][a-z0-9_-]*(:[a-z][a-z0-9_-]*)*:[a-z][a-z0-9_-]*$")
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+# The first word of keyservice's own event types: the product's may not use them.
+OWN_EVENT_RESOURCES = frozenset({"key", "application", "member", "usage", "webhook", "keyservice"})
 
 
 class LogFormat(StrEnum):
@@ -129,6 +132,19 @@ class Settings(BaseSettings):
         "in development.",
     )
 
+    # The product's own events
+    event_types: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("contact.created", "deal.won", "automation.triggered"),
+        description="The product's event types, comma-separated, each optionally `=` the path "
+        "of a JSON Schema file its data must match: `contact.created=/etc/ks/contact.json`.",
+    )
+    event_max_data_bytes: int = Field(
+        default=16 * 1024,
+        ge=256,
+        le=1024 * 1024,
+        description="The largest `data` a published event may carry, as compact JSON.",
+    )
+
     # Webhooks
     encryption_key: SecretStr | None = Field(
         default=None,
@@ -183,6 +199,7 @@ class Settings(BaseSettings):
         "quota_alert_percents",
         "webhook_allowed_networks",
         "webhook_retry_schedule",
+        "event_types",
         mode="before",
     )
     @classmethod
@@ -200,6 +217,24 @@ class Settings(BaseSettings):
             if scope.startswith("keyservice:"):
                 raise ValueError(f"scope {scope!r}: the keyservice: namespace is reserved")
         return tuple(dict.fromkeys(value))
+
+    @field_validator("event_types")
+    @classmethod
+    def _check_event_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = []
+        for entry in value:
+            name = entry.partition("=")[0].strip()
+            if not EVENT_TYPE_RE.match(name) or len(name) > 64:
+                raise ValueError(
+                    f"invalid event type {name!r}: expected lowercase dotted words "
+                    "(`contact.created`)"
+                )
+            if name.partition(".")[0] in OWN_EVENT_RESOURCES:
+                raise ValueError(f"event type {name!r}: keyservice's own events use that name")
+            names.append(name)
+        if len(set(names)) != len(names):
+            raise ValueError("an event type is listed twice")
+        return value
 
     @field_validator("webhook_allowed_networks")
     @classmethod

@@ -228,6 +228,11 @@ class UnknownEventType(ValidationFailed):
     title = "An event type is not in the catalogue"
 
 
+class InvalidEventData(ValidationFailed):
+    slug = "invalid-event-data"
+    title = "The event's data is not valid"
+
+
 class ServiceUnavailable(KeyServiceError):
     status = 503
     slug = "unavailable"

@@ -207,6 +207,7 @@ def create_app(
     app.state.availability = runtime.availability
     app.state.keyring = runtime.keyring
     app.state.ssrf_policy = runtime.ssrf_policy
+    app.state.product_events = runtime.product_events
 
     install_error_handlers(app)
     _install_outage_handlers(app, runtime.availability)

@@ -26,6 +26,7 @@ from keyservice import metrics
 from keyservice.availability import Availability
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
+from keyservice.events.product import ProductCatalogue
 from keyservice.ratelimit.limiter import Limiter
 from keyservice.secretbox import Keyring, development_key_path
 from keyservice.usage.alerts import Alerts
@@ -103,6 +104,7 @@ class Runtime:
             development_path=development_key_path(settings.effective_database_url),
         )
         self.ssrf_policy = Policy.of(settings)
+        self.product_events = ProductCatalogue.load(settings.event_types)
         self.delivery = Delivery(
             sessionmaker,
             settings,

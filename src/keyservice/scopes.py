@@ -24,6 +24,7 @@ KEYSERVICE_SCOPES: tuple[str, ...] = (
     "keyservice:keys:write",
     "keyservice:audit:read",
     "keyservice:usage:read",
+    "keyservice:events:publish",
     "keyservice:webhooks:read",
     "keyservice:webhooks:write",
     "keyservice:verify",

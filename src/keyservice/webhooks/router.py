@@ -8,6 +8,8 @@ from fastapi import APIRouter, Depends, Query, Request, status
 from keyservice.config import SettingsDep
 from keyservice.db import SessionDep
 from keyservice.errors import InvalidWebhookUrl, NotFound, UnknownEventType, responses
+from keyservice.events import service as events
+from keyservice.events.product import ProductCatalogueDep
 from keyservice.pagination import Page, PageDep
 from keyservice.secretbox import SecretBox
 from keyservice.verification.dependency import AUTH_ERRORS, require
@@ -55,7 +57,12 @@ PolicyDep = Annotated[Policy, Depends(_policy)]
     responses=responses(*AUTH_ERRORS, InvalidWebhookUrl, UnknownEventType),
 )
 async def create_endpoint(
-    session: SessionDep, actor: WebhookWriter, box: BoxDep, policy: PolicyDep, body: EndpointCreate
+    session: SessionDep,
+    actor: WebhookWriter,
+    box: BoxDep,
+    policy: PolicyDep,
+    product: ProductCatalogueDep,
+    body: EndpointCreate,
 ) -> EndpointWithSecret:
     """Register a URL to receive the account's events, of the types in `event_types` (none:
     all). The answer holds the endpoint's signing secret, **shown this once**: every delivery
@@ -65,7 +72,9 @@ async def create_endpoint(
     In production the URL must be https and its host must resolve to public addresses only;
     loopback, private, link-local and metadata addresses are refused, here and at each
     delivery."""
-    endpoint, secret = await service.create_endpoint(session, actor, body, box=box, policy=policy)
+    endpoint, secret = await service.create_endpoint(
+        session, actor, body, box=box, policy=policy, known_types=events.known_types(product)
+    )
     return EndpointWithSecret.with_secret(endpoint, secret)
 
 
@@ -99,12 +108,20 @@ async def update_endpoint(
     session: SessionDep,
     actor: WebhookWriter,
     policy: PolicyDep,
+    product: ProductCatalogueDep,
     endpoint_id: uuid.UUID,
     body: EndpointUpdate,
 ) -> EndpointOut:
     """Change an endpoint's URL, description or event types. Messages already written keep
     going to it; the new event types apply to events from now on."""
-    endpoint = await service.update_endpoint(session, actor, endpoint_id, body, policy=policy)
+    endpoint = await service.update_endpoint(
+        session,
+        actor,
+        endpoint_id,
+        body,
+        policy=policy,
+        known_types=events.known_types(product),
+    )
     return EndpointOut.of(endpoint)
 
 
@@ -218,6 +235,7 @@ async def test_endpoint(
     actor: WebhookWriter,
     box: BoxDep,
     policy: PolicyDep,
+    product: ProductCatalogueDep,
     request: Request,
     endpoint_id: uuid.UUID,
     body: TestEvent,
@@ -234,6 +252,7 @@ async def test_endpoint(
         box=box,
         policy=policy,
         client=request.app.state.runtime.delivery.http(),
+        product=product,
     )
     return TestResult(
         request=SentRequest(url=sent.url, headers=sent.headers, body=sent.body.decode()),

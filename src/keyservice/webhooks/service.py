@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyservice.audit import service as audit
 from keyservice.errors import InvalidWebhookUrl, NotFound, UnknownEventType
 from keyservice.events import service as events
+from keyservice.events.product import ProductCatalogue
 from keyservice.models import (
     MessageStatus,
     WebhookAttempt,
@@ -32,10 +33,6 @@ from keyservice.webhooks import fanout, signing
 from keyservice.webhooks.schemas import EndpointCreate, EndpointUpdate
 from keyservice.webhooks.sending import Outcome, Request, body_of, build_request, send
 from keyservice.webhooks.ssrf import Policy, Refused
-
-
-def known_event_types() -> frozenset[str]:
-    return frozenset(t.name for t in events.event_types())
 
 
 def check_event_types(types: Iterable[str], known: Collection[str]) -> list[str]:
@@ -65,9 +62,10 @@ async def create_endpoint(
     *,
     box: SecretBox,
     policy: Policy,
+    known_types: Collection[str],
 ) -> tuple[WebhookEndpoint, str]:
     """The new endpoint and its secret (the only time it is returned)."""
-    event_types = check_event_types(data.event_types, known_event_types())
+    event_types = check_event_types(data.event_types, known_types)
     await check_url(data.url, policy=policy)
     secret = signing.new_secret()
     now = utcnow()
@@ -121,11 +119,12 @@ async def update_endpoint(
     data: EndpointUpdate,
     *,
     policy: Policy,
+    known_types: Collection[str],
 ) -> WebhookEndpoint:
     endpoint = await get_endpoint(session, account_id=actor.account_id, endpoint_id=endpoint_id)
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
     if "event_types" in changes:
-        changes["event_types"] = check_event_types(changes["event_types"], known_event_types())
+        changes["event_types"] = check_event_types(changes["event_types"], known_types)
     if "url" in changes:
         await check_url(changes["url"], policy=policy)
     changed = audit.apply_changes(endpoint, changes)
@@ -349,10 +348,9 @@ async def replay(
     return replayed
 
 
-def sample_body(event_type: str) -> bytes:
+def sample_body(event_type: str, product: ProductCatalogue) -> bytes:
     """A sample event's body: the type's example from the catalogue, as of now."""
-    example = next(t.example for t in events.event_types() if t.name == event_type)
-    return body_of(event_type, utcnow(), example)
+    return body_of(event_type, utcnow(), events.example_of(event_type, product))
 
 
 async def test_endpoint(
@@ -364,15 +362,16 @@ async def test_endpoint(
     box: SecretBox,
     policy: Policy,
     client: httpx.AsyncClient,
+    product: ProductCatalogue,
 ) -> tuple[Request, Outcome]:
     """Send a sample event of ``event_type`` to the endpoint now (enabled or not), outside the
     outbox: nothing is recorded, nothing retried. What was sent, and what came back."""
     endpoint = await get_endpoint(session, account_id=actor.account_id, endpoint_id=endpoint_id)
-    check_event_types([event_type], known_event_types())
+    check_event_types([event_type], events.known_types(product))
     request = build_request(
         endpoint.url,
         signing_secrets(endpoint, box=box),
         message_id=str(uuid.uuid4()),
-        body=sample_body(event_type),
+        body=sample_body(event_type, product),
     )
     return request, await send(client, policy, request)
