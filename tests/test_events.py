@@ -509,6 +509,8 @@ KEYSERVICE_EVENT_TYPES = {
     "member.removed",
     "usage.threshold",
     "webhook.endpoint.disabled",
+    "key.expiring",
+    "key.expired",
 }
 
 

@@ -92,6 +92,7 @@ async def test_an_app_on_its_own_database_runs_the_production_workers(
         *listener,
         "rate-limit renewals",
         "webhook delivery",
+        "scheduler",
         *webhook_listener,
         "usage flusher",
         "metrics sampler",

@@ -188,6 +188,31 @@ class Settings(BaseSettings):
         default=50, ge=1, le=1000, description="Messages a worker claims, and sends at once."
     )
 
+    webhook_disable_after_seconds: float = Field(
+        default=5 * 24 * 3600,
+        gt=0,
+        description="An endpoint every attempt to which has failed for this long is disabled.",
+    )
+    webhook_retention_days: float = Field(
+        default=30,
+        gt=0,
+        description="Delivered and failed messages older than this are removed, with their "
+        "attempts.",
+    )
+    webhook_retention_batch: int = Field(default=1000, ge=1, le=100_000)
+    key_expiry_warning_days: Annotated[tuple[float, ...], NoDecode] = Field(
+        default=(7.0, 1.0),
+        max_length=10,
+        description="How long before a key's expiry each `key.expiring` warning is recorded.",
+    )
+    scheduler_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How often each instance runs the periodic work (expiry warnings, endpoint "
+        "health, retention); once across instances.",
+    )
+
     # Console sessions and logins
     session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
     login_failures_per_email: int = Field(default=5, ge=1)
@@ -200,6 +225,7 @@ class Settings(BaseSettings):
         "webhook_allowed_networks",
         "webhook_retry_schedule",
         "event_types",
+        "key_expiry_warning_days",
         mode="before",
     )
     @classmethod

@@ -28,6 +28,7 @@ from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
 from keyservice.events.product import ProductCatalogue
 from keyservice.ratelimit.limiter import Limiter
+from keyservice.scheduler import Scheduler
 from keyservice.secretbox import Keyring, development_key_path
 from keyservice.usage.alerts import Alerts
 from keyservice.usage.recorder import UsageRecorder
@@ -136,6 +137,8 @@ class Runtime:
             await self.usage.start(self.settings.usage_flush_seconds)
 
         self.add(Worker("webhook delivery", self.delivery.start, self.delivery.stop))
+        scheduler = Scheduler(self.sessionmaker, self.settings, availability=self.availability)
+        self.add(Worker("scheduler", scheduler.start, scheduler.stop))
         if engine.dialect.name == "postgresql":
             wake = WakeListener(engine.url, self.delivery)
             self.add(Worker("webhook listener", wake.start, wake.stop))

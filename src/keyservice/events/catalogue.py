@@ -120,6 +120,22 @@ class KeyRevokedData(KeyData):
     revoked_at: datetime
 
 
+class KeyExpiryData(KeyData):
+    name: str
+    hint: str = Field(description="Enough of the key to recognise it: never the secret.")
+    expires_at: datetime
+
+
+class KeyExpiringData(KeyExpiryData):
+    lead_seconds: int = Field(
+        description="The warning's lead time (604800: the 7-day warning, 86400: the 1-day one)."
+    )
+
+
+class KeyExpiredData(KeyExpiryData):
+    pass
+
+
 # --- applications ------------------------------------------------------------------------------
 
 
@@ -311,6 +327,30 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "A key was revoked: it stopped working at once, everywhere.",
         KeyRevokedData,
         {**_KEY, "revoked_at": "2026-11-21T09:30:00Z"},
+    ),
+    EventType(
+        "key.expiring",
+        "A key expires soon: sent once per lead time (7 days and 1 day before `expires_at` by "
+        "default), from the nearest one; a key that is revoked first gets none.",
+        KeyExpiringData,
+        {
+            **_KEY,
+            "name": "Production Integration",
+            "hint": "ks_live_…a1B2",
+            "expires_at": "2027-01-30T12:00:00Z",
+            "lead_seconds": 604800,
+        },
+    ),
+    EventType(
+        "key.expired",
+        "A key reached its `expires_at`: it no longer verifies. Sent once.",
+        KeyExpiredData,
+        {
+            **_KEY,
+            "name": "Production Integration",
+            "hint": "ks_live_…a1B2",
+            "expires_at": "2027-01-30T12:00:00Z",
+        },
     ),
     EventType(
         "application.created",

@@ -41,7 +41,8 @@ async def list_events(
     ] = None,
     key_id: Annotated[uuid.UUID | None, Query()] = None,
 ) -> Page[EventOut]:
-    """The account's events, newest first: its keys created, updated, rotated and revoked (a
+    """The account's events, newest first: its keys created, updated, rotated, revoked,
+    expiring (7 days and 1 day before by default) and expired (a
     user's personal key in each account the user has joined), its applications created, updated
     and deleted, its members added (at once, or when they accept an invitation), updated and
     removed, and `usage.threshold` when a key crosses 80% and 100% of its monthly quota, or

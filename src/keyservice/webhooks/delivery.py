@@ -37,8 +37,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyservice.availability import Availability, describe
 from keyservice.config import Settings
-from keyservice.events import catalogue
-from keyservice.events import service as events
 from keyservice.models import (
     Event,
     MessageStatus,
@@ -50,7 +48,7 @@ from keyservice.models import (
 from keyservice.secretbox import Keyring
 from keyservice.webhooks.fanout import CHANNEL
 from keyservice.webhooks.sending import Outcome, body_of, build_request, send
-from keyservice.webhooks.service import signing_secrets
+from keyservice.webhooks.service import disable, signing_secrets
 from keyservice.webhooks.ssrf import Policy
 
 logger = logging.getLogger(__name__)
@@ -267,35 +265,6 @@ class Delivery:
             if gone:
                 await disable(session, item.endpoint.id, reason="gone", now=now)
             await session.commit()
-
-
-async def disable(
-    session: AsyncSession, endpoint_id: uuid.UUID, *, reason: str, now: datetime
-) -> None:
-    """Disable an endpoint for ``reason`` (``gone``, ``failing``), with its event; nothing if it
-    is disabled already."""
-    endpoint = WebhookEndpoint.__table__.c
-    disabled = (
-        await session.execute(
-            update(WebhookEndpoint)
-            .where(endpoint.id == endpoint_id, endpoint.enabled.is_(True))
-            .values(enabled=False, disabled_reason=reason, disabled_at=now, updated_at=now)
-            .returning(endpoint.account_id, endpoint.url, endpoint.failing_since)
-        )
-    ).one_or_none()
-    if disabled is None:
-        return
-    logger.warning("webhook endpoint %s disabled (%s)", endpoint_id, reason)
-    await events.record(
-        session,
-        account_id=disabled.account_id,
-        data=catalogue.WebhookEndpointDisabledData(
-            endpoint_id=endpoint_id,
-            url=disabled.url,
-            reason=reason,
-            failing_since=disabled.failing_since if reason == "failing" else None,
-        ),
-    )
 
 
 class WakeListener:

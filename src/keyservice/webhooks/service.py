@@ -7,6 +7,7 @@ A secret is returned once, by the call that made it (create, rotate); it is stor
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.audit import service as audit
 from keyservice.errors import InvalidWebhookUrl, NotFound, UnknownEventType
+from keyservice.events import catalogue
 from keyservice.events import service as events
 from keyservice.events.product import ProductCatalogue
 from keyservice.models import (
@@ -33,6 +35,8 @@ from keyservice.webhooks import fanout, signing
 from keyservice.webhooks.schemas import EndpointCreate, EndpointUpdate
 from keyservice.webhooks.sending import Outcome, Request, body_of, build_request, send
 from keyservice.webhooks.ssrf import Policy, Refused
+
+logger = logging.getLogger(__name__)
 
 
 def check_event_types(types: Iterable[str], known: Collection[str]) -> list[str]:
@@ -375,3 +379,33 @@ async def test_endpoint(
         body=sample_body(event_type, product),
     )
     return request, await send(client, policy, request)
+
+
+async def disable(
+    session: AsyncSession, endpoint_id: uuid.UUID, *, reason: str, now: datetime
+) -> int:
+    """Disable an endpoint for ``reason`` (``gone``, ``failing``), with its event: 1, or 0 if
+    it is disabled already (by another instance, say)."""
+    endpoint = WebhookEndpoint.__table__.c
+    disabled = (
+        await session.execute(
+            update(WebhookEndpoint)
+            .where(endpoint.id == endpoint_id, endpoint.enabled.is_(True))
+            .values(enabled=False, disabled_reason=reason, disabled_at=now, updated_at=now)
+            .returning(endpoint.account_id, endpoint.url, endpoint.failing_since)
+        )
+    ).one_or_none()
+    if disabled is None:
+        return 0
+    logger.warning("webhook endpoint %s disabled (%s)", endpoint_id, reason)
+    await events.record(
+        session,
+        account_id=disabled.account_id,
+        data=catalogue.WebhookEndpointDisabledData(
+            endpoint_id=endpoint_id,
+            url=disabled.url,
+            reason=reason,
+            failing_since=disabled.failing_since if reason == "failing" else None,
+        ),
+    )
+    return 1
