@@ -24,6 +24,7 @@ TABLES = {
     "webhook_endpoints",
     "webhook_messages",
     "webhook_attempts",
+    "email_messages",
 }
 
 

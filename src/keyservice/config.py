@@ -213,6 +213,14 @@ class Settings(BaseSettings):
         "health, retention); once across instances.",
     )
 
+    # Alerts by email
+    smtp_url: SecretStr | None = Field(
+        default=None,
+        description="Where alert emails go: `smtp://[user:password@]host[:port][?starttls=true]` "
+        "or `smtps://...`. Unset: no email.",
+    )
+    smtp_from: str = Field(default="keyservice <keyservice@localhost>", max_length=320)
+
     # Console sessions and logins
     session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
     login_failures_per_email: int = Field(default=5, ge=1)
@@ -279,6 +287,13 @@ class Settings(BaseSettings):
     def _check_encryption_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not is_fernet_key(value.get_secret_value()):
             raise ValueError("must be a Fernet key: 32 bytes in url-safe base64 (44 characters)")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _check_smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("smtp://", "smtps://")):
+            raise ValueError("expected smtp://host[:port] or smtps://host[:port]")
         return value
 
     @field_validator("key_prefix")

@@ -35,7 +35,9 @@ from keyservice.usage.recorder import UsageRecorder
 from keyservice.verification.cache import KeyCache, Listener
 from keyservice.verification.throttle import FailureThrottle
 from keyservice.verification.verifier import Verifier
+from keyservice.webhooks import email as alert_email
 from keyservice.webhooks.delivery import Delivery, WakeListener
+from keyservice.webhooks.email import Mailer
 from keyservice.webhooks.ssrf import Policy
 
 logger = logging.getLogger(__name__)
@@ -139,6 +141,10 @@ class Runtime:
         self.add(Worker("webhook delivery", self.delivery.start, self.delivery.stop))
         scheduler = Scheduler(self.sessionmaker, self.settings, availability=self.availability)
         self.add(Worker("scheduler", scheduler.start, scheduler.stop))
+        alert_email.enable(self.settings.smtp_url is not None)
+        if self.settings.smtp_url is not None:
+            mailer = Mailer(self.sessionmaker, self.settings, availability=self.availability)
+            self.add(Worker("mailer", mailer.start, mailer.stop))
         if engine.dialect.name == "postgresql":
             wake = WakeListener(engine.url, self.delivery)
             self.add(Worker("webhook listener", wake.start, wake.stop))

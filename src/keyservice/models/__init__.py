@@ -5,6 +5,7 @@ from keyservice.models.api_key import ApiKey, KeyKind, KeyStatus
 from keyservice.models.application import Application
 from keyservice.models.audit_event import AuditEvent
 from keyservice.models.base import Base, utcnow
+from keyservice.models.email_message import EmailMessage
 from keyservice.models.event import Event
 from keyservice.models.login_throttle import LoginThrottle
 from keyservice.models.membership import Membership, Role
@@ -24,6 +25,7 @@ __all__ = [
     "Application",
     "AuditEvent",
     "Base",
+    "EmailMessage",
     "Event",
     "KeyKind",
     "KeyStatus",

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from keyservice.models import MessageStatus, WebhookEndpoint, WebhookMessage
+from keyservice.models import EmailMessage, MessageStatus, WebhookEndpoint, WebhookMessage
 from keyservice.webhooks.service import disable
 
 
@@ -37,29 +37,32 @@ async def remove_finished(
     older_than: timedelta,
     batch: int,
 ) -> int:
-    """Delete delivered and failed messages (and their attempts) finished before ``now -
+    """Delete delivered and failed messages (webhook messages with their attempts, and alert
+    emails) finished before ``now -
     older_than``, ``batch`` at a time, each batch in a short transaction of its own so that
     no lock is held long: how many."""
     removed = 0
-    while True:
-        old = (
-            select(WebhookMessage.id)
-            .where(
-                WebhookMessage.status.in_([MessageStatus.delivered, MessageStatus.failed]),
-                WebhookMessage.finished_at < now - older_than,
-            )
-            .limit(batch)
-        )
-        async with sessionmaker() as session:
-            deleted = (
-                await session.execute(
-                    delete(WebhookMessage)
-                    .where(WebhookMessage.id.in_(old.scalar_subquery()))
-                    .returning(WebhookMessage.id)
-                    .execution_options(synchronize_session=False)
+    for model in (WebhookMessage, EmailMessage):
+        while True:
+            old = (
+                select(model.id)
+                .where(
+                    model.status.in_([MessageStatus.delivered, MessageStatus.failed]),
+                    model.finished_at < now - older_than,
                 )
-            ).all()
-            await session.commit()
-        removed += len(deleted)
-        if len(deleted) < batch:
-            return removed
+                .limit(batch)
+            )
+            async with sessionmaker() as session:
+                deleted = (
+                    await session.execute(
+                        delete(model)
+                        .where(model.id.in_(old.scalar_subquery()))
+                        .returning(model.id)
+                        .execution_options(synchronize_session=False)
+                    )
+                ).all()
+                await session.commit()
+            removed += len(deleted)
+            if len(deleted) < batch:
+                break
+    return removed
