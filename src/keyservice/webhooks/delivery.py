@@ -35,6 +35,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from keyservice import metrics
 from keyservice.availability import Availability, describe
 from keyservice.config import Settings
 from keyservice.models import (
@@ -131,6 +132,7 @@ class Delivery:
             try:
                 while await self.run_once():
                     pass
+                await self.sample_backlog()
             except Exception as exc:
                 if self.availability is not None and self.availability.failed(exc):
                     continue  # the outage was logged once, when it began
@@ -139,6 +141,20 @@ class Delivery:
                     self._failing_logged = True
             else:
                 self._failing_logged = False
+
+    async def sample_backlog(self) -> float:
+        """Set (and return) how long the most overdue pending message has been due."""
+        now = self.clock()
+        async with self.sessionmaker() as session:
+            oldest = await session.scalar(
+                select(func.min(WebhookMessage.next_attempt_at)).where(
+                    WebhookMessage.status == MessageStatus.pending,
+                    WebhookMessage.next_attempt_at <= now,
+                )
+            )
+        age = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+        metrics.WEBHOOK_OLDEST_PENDING.set(age)
+        return age
 
     async def run_once(self) -> int:
         """Claim the due messages (a batch), send them, settle them: how many were claimed."""
@@ -221,6 +237,15 @@ class Delivery:
             status = MessageStatus.failed
         else:
             status = MessageStatus.pending
+        metrics.webhook_delivery(
+            "delivered"
+            if outcome.success
+            else "gone"
+            if gone
+            else "retry"
+            if status is MessageStatus.pending
+            else "failed"
+        )
         async with self.sessionmaker() as session:
             session.add(
                 WebhookAttempt(
