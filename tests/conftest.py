@@ -9,6 +9,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -20,11 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 import secrets_seen
 from factories import Tenant, create_tenant
-from keyservice import migrate
+from keyservice import migrate, secretbox
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
 from keyservice.main import create_app
+from keyservice.models import utcnow
+from keyservice.secretbox import Keyring
+from keyservice.webhooks.delivery import Delivery
+from keyservice.webhooks.ssrf import Policy
 from pgcluster import Cluster, own_cluster
+from receivers import Receiver
 
 POSTGRES_URL = os.environ.get(
     "KEYSERVICE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -95,7 +101,10 @@ def require_postgres() -> None:
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return Settings(_env_file=None, mode="development", database_url=None)
+    # A key of the suite's own: development would otherwise write one beside ./keyservice.db.
+    return Settings(
+        _env_file=None, mode="development", database_url=None, encryption_key=secretbox.new_key()
+    )
 
 
 @pytest.fixture
@@ -272,4 +281,57 @@ async def tenant(postgres_url: str, settings: Settings) -> Tenant:
 def cluster() -> Iterator[Cluster]:
     """A PostgreSQL cluster of the test's own, which it may stop and start."""
     with own_cluster(required=IN_CI) as started:
+        yield started
+
+
+# Webhook delivery: a worker on the test's transaction, its clock moved at will, and a real
+# receiver.
+class Clock:
+    """The real time, moved forward at will."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return utcnow() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make_delivery(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    clock: Clock,
+    jitter: float = 0.0,
+) -> Delivery:
+    key = settings.encryption_key
+    assert key is not None
+    return Delivery(
+        sessionmaker,
+        settings,
+        keyring=Keyring(key.get_secret_value(), development_path=None),
+        policy=Policy.of(settings),
+        clock=clock,
+        jitter=lambda: jitter,
+    )
+
+
+@pytest.fixture
+async def delivery(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, clock: Clock
+) -> AsyncIterator[Delivery]:
+    worker = make_delivery(sessionmaker, settings, clock)
+    yield worker
+    await worker.stop()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with Receiver() as started:
         yield started

@@ -159,3 +159,15 @@ async def create_personal_keys(session: AsyncSession, user: User, count: int) ->
     session.add_all(keys)
     await session.commit()
     return keys
+
+
+async def create_endpoint(
+    client: httpx.AsyncClient, tenant: Tenant, url: str, **fields: Any
+) -> dict[str, Any]:
+    """A webhook endpoint of the tenant's account; its secret is in ``["secret"]``."""
+    body = {"url": url} | fields
+    response = await client.post("/v1/webhooks/endpoints", json=body, headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = response.json()
+    secrets_seen.remember(data["secret"])
+    return data

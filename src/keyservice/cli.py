@@ -270,6 +270,12 @@ def cmd_openapi(args: argparse.Namespace) -> None:
         Path(args.output).write_text(document)
 
 
+def cmd_encryption_key(_args: argparse.Namespace) -> None:
+    from keyservice.secretbox import new_key
+
+    sys.stdout.write(new_key() + "\n")
+
+
 DESCRIPTION = "keyservice issues, verifies, rate-limits and meters API keys for your product's API."
 EPILOG = "Run 'keyservice COMMAND --help' for a command's options."
 
@@ -346,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the password from standard input instead of prompting for it twice",
     )
     set_password.set_defaults(func=cmd_set_password)
+
+    encryption_key = _command(
+        commands,
+        "encryption-key",
+        "print a new key for KEYSERVICE_ENCRYPTION_KEY (it encrypts webhook secrets at rest)",
+    )
+    encryption_key.set_defaults(func=cmd_encryption_key)
 
     return parser
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from functools import lru_cache
+from ipaddress import ip_network
 from typing import Annotated, Self
 
 from fastapi import Depends, Request
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from keyservice.secretbox import is_fernet_key
 
 ENV_PREFIX = "KEYSERVICE_"
 SQLITE_DEFAULT_URL = "sqlite+aiosqlite:///./keyservice.db"
@@ -22,6 +25,9 @@ DEFAULT_SCOPES = tuple(
 
 SCOPE_RE = re.compile(r"^[a-z][a-z0-9_-]*(:[a-z][a-z0-9_-]*)*:[a-z][a-z0-9_-]*$")
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+# The first word of keyservice's own event types: the product's may not use them.
+OWN_EVENT_RESOURCES = frozenset({"key", "application", "member", "usage", "webhook", "keyservice"})
 
 
 class LogFormat(StrEnum):
@@ -130,13 +136,110 @@ class Settings(BaseSettings):
         "in development.",
     )
 
+    # The product's own events
+    event_types: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("contact.created", "deal.won", "automation.triggered"),
+        description="The product's event types, comma-separated, each optionally `=` the path "
+        "of a JSON Schema file its data must match: `contact.created=/etc/ks/contact.json`.",
+    )
+    event_max_data_bytes: int = Field(
+        default=16 * 1024,
+        ge=256,
+        le=1024 * 1024,
+        description="The largest `data` a published event may carry, as compact JSON.",
+    )
+
+    # Webhooks
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="The Fernet key (`Fernet.generate_key()`: 32 bytes, url-safe base64) that "
+        "encrypts webhook signing secrets at rest. Required in production; in development, one "
+        "is generated into the database's directory when first needed.",
+    )
+    webhook_allowed_networks: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Networks (`10.0.0.0/8,127.0.0.1/32`) that webhook endpoints may reach "
+        "although they are not public, over http too. Development mode allows every address.",
+    )
+    webhook_secret_grace_seconds: int = Field(
+        default=24 * 3600,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="How long a rotated endpoint secret keeps signing beside the new one.",
+    )
+    webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = Field(
+        default=(5.0, 300.0, 1800.0, 7200.0, 18000.0),
+        min_length=1,
+        max_length=20,
+        description="Seconds before each retry of a failed delivery (each up to 10% later, at "
+        "random); after the last, the message has failed.",
+    )
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=60)
+    webhook_claim_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a worker's claim on a message lasts; one not settled by then (its "
+        "instance died) is taken over. Longer than the timeout.",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=300,
+        description="How often each worker looks for due deliveries (retries; new messages on "
+        "SQLite). On PostgreSQL a commit's NOTIFY wakes the workers at once.",
+    )
+    webhook_batch_size: int = Field(
+        default=50, ge=1, le=1000, description="Messages a worker claims, and sends at once."
+    )
+
+    webhook_disable_after_seconds: float = Field(
+        default=5 * 24 * 3600,
+        gt=0,
+        description="An endpoint every attempt to which has failed for this long is disabled.",
+    )
+    webhook_retention_days: float = Field(
+        default=30,
+        gt=0,
+        description="Delivered and failed messages older than this are removed, with their "
+        "attempts.",
+    )
+    webhook_retention_batch: int = Field(default=1000, ge=1, le=100_000)
+    key_expiry_warning_days: Annotated[tuple[float, ...], NoDecode] = Field(
+        default=(7.0, 1.0),
+        max_length=10,
+        description="How long before a key's expiry each `key.expiring` warning is recorded.",
+    )
+    scheduler_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How often each instance runs the periodic work (expiry warnings, endpoint "
+        "health, retention); once across instances.",
+    )
+
+    # Alerts by email
+    smtp_url: SecretStr | None = Field(
+        default=None,
+        description="Where alert emails go: `smtp://[user:password@]host[:port][?starttls=true]` "
+        "or `smtps://...`. Unset: no email.",
+    )
+    smtp_from: str = Field(default="keyservice <keyservice@localhost>", max_length=320)
+
     # Console sessions and logins
     session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
     login_failures_per_email: int = Field(default=5, ge=1)
     login_failures_per_address: int = Field(default=20, ge=1)
     login_failure_window_seconds: int = Field(default=15 * 60, ge=1)
 
-    @field_validator("scopes", "quota_alert_percents", mode="before")
+    @field_validator(
+        "scopes",
+        "quota_alert_percents",
+        "webhook_allowed_networks",
+        "webhook_retry_schedule",
+        "event_types",
+        "key_expiry_warning_days",
+        mode="before",
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -153,6 +256,50 @@ class Settings(BaseSettings):
                 raise ValueError(f"scope {scope!r}: the keyservice: namespace is reserved")
         return tuple(dict.fromkeys(value))
 
+    @field_validator("event_types")
+    @classmethod
+    def _check_event_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = []
+        for entry in value:
+            name = entry.partition("=")[0].strip()
+            if not EVENT_TYPE_RE.match(name) or len(name) > 64:
+                raise ValueError(
+                    f"invalid event type {name!r}: expected lowercase dotted words "
+                    "(`contact.created`)"
+                )
+            if name.partition(".")[0] in OWN_EVENT_RESOURCES:
+                raise ValueError(f"event type {name!r}: keyservice's own events use that name")
+            names.append(name)
+        if len(set(names)) != len(names):
+            raise ValueError("an event type is listed twice")
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for network in value:
+            try:
+                ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"invalid network {network!r}: expected an address or CIDR"
+                ) from None
+        return value
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _check_encryption_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not is_fernet_key(value.get_secret_value()):
+            raise ValueError("must be a Fernet key: 32 bytes in url-safe base64 (44 characters)")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _check_smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("smtp://", "smtps://")):
+            raise ValueError("expected smtp://host[:port] or smtps://host[:port]")
+        return value
+
     @field_validator("key_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
@@ -167,6 +314,26 @@ class Settings(BaseSettings):
                 "KEYSERVICE_DATABASE_URL must be set in production mode "
                 "(the embedded SQLite default is for development)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _production_needs_encryption_key(self) -> Self:
+        if self.mode is Mode.production and self.encryption_key is None:
+            raise ValueError(
+                "KEYSERVICE_ENCRYPTION_KEY must be set in production mode: it encrypts webhook "
+                "signing secrets (generate one with `keyservice encryption-key`)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_delivery(self) -> Self:
+        if self.webhook_claim_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError(
+                "KEYSERVICE_WEBHOOK_CLAIM_LEASE_SECONDS must be longer than "
+                "KEYSERVICE_WEBHOOK_TIMEOUT_SECONDS: a claim must outlast its attempt"
+            )
+        if any(delay < 0 for delay in self.webhook_retry_schedule):
+            raise ValueError("KEYSERVICE_WEBHOOK_RETRY_SCHEDULE: delays are never negative")
         return self
 
     @property

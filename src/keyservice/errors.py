@@ -218,6 +218,21 @@ class InvalidScope(ValidationFailed):
     title = "A scope is not allowed here"
 
 
+class InvalidWebhookUrl(ValidationFailed):
+    slug = "invalid-webhook-url"
+    title = "The webhook URL cannot be used"
+
+
+class UnknownEventType(ValidationFailed):
+    slug = "unknown-event-type"
+    title = "An event type is not in the catalogue"
+
+
+class InvalidEventData(ValidationFailed):
+    slug = "invalid-event-data"
+    title = "The event's data is not valid"
+
+
 class ServiceUnavailable(KeyServiceError):
     status = 503
     slug = "unavailable"

@@ -39,6 +39,7 @@ from keyservice.usage.router import router as usage_router
 from keyservice.verification.fastpath import PATH as FAST_PATH
 from keyservice.verification.fastpath import VerifyFastPath
 from keyservice.verification.router import router as verification_router
+from keyservice.webhooks.router import router as webhooks_router
 
 DESCRIPTION = """
 keyservice issues, verifies, rate-limits and meters API keys for your product's API.
@@ -205,6 +206,9 @@ def create_app(
     app.state.verifier = runtime.verifier
     app.state.key_cache = runtime.cache
     app.state.availability = runtime.availability
+    app.state.keyring = runtime.keyring
+    app.state.ssrf_policy = runtime.ssrf_policy
+    app.state.product_events = runtime.product_events
 
     install_error_handlers(app)
     _install_outage_handlers(app, runtime.availability)
@@ -222,6 +226,7 @@ def create_app(
         keys_router,
         usage_router,
         events_router,
+        webhooks_router,
         audit_router,
     ):
         app.include_router(router)

@@ -92,6 +92,18 @@ POOL_WAITING = Gauge(
     "Requests waiting for a database connection when last sampled.",
     multiprocess_mode="livesum",
 )
+WEBHOOK_DELIVERIES = Counter(
+    "keyservice_webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered, retry (failed, to be retried), failed "
+    "(the last retry failed) or gone (410: the endpoint is disabled).",
+    ["outcome"],
+)
+WEBHOOK_OLDEST_PENDING = Gauge(
+    "keyservice_webhook_oldest_pending_seconds",
+    "How long the most overdue webhook message has been due without being delivered (0 when "
+    "none is due): a backlog, or workers that do not keep up.",
+    multiprocess_mode="livemax",
+)
 HTTP_REQUESTS = Histogram(
     "keyservice_http_request_duration_seconds",
     "HTTP requests by route template, method and status, and how long they took.",
@@ -148,6 +160,10 @@ def http_request(route: str, method: str, status: int, seconds: float) -> None:
 
 def rate_limit_refusal(kind: str) -> None:
     _bound.get(RATE_LIMIT_REFUSALS, kind).inc()
+
+
+def webhook_delivery(outcome: str) -> None:
+    _bound.get(WEBHOOK_DELIVERIES, outcome).inc()
 
 
 def exposition() -> bytes:

@@ -26,12 +26,19 @@ from keyservice import metrics
 from keyservice.availability import Availability
 from keyservice.config import Settings
 from keyservice.db import create_engine, create_sessionmaker
+from keyservice.events.product import ProductCatalogue
 from keyservice.ratelimit.limiter import Limiter
+from keyservice.scheduler import Scheduler
+from keyservice.secretbox import Keyring, development_key_path
 from keyservice.usage.alerts import Alerts
 from keyservice.usage.recorder import UsageRecorder
 from keyservice.verification.cache import KeyCache, Listener
 from keyservice.verification.throttle import FailureThrottle
 from keyservice.verification.verifier import Verifier
+from keyservice.webhooks import email as alert_email
+from keyservice.webhooks.delivery import Delivery, WakeListener
+from keyservice.webhooks.email import Mailer
+from keyservice.webhooks.ssrf import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +101,20 @@ class Runtime:
             limiter=self.limiter,
             usage=self.usage,
         )
+        key = settings.encryption_key
+        self.keyring = Keyring(
+            key.get_secret_value() if key is not None else None,
+            development_path=development_key_path(settings.effective_database_url),
+        )
+        self.ssrf_policy = Policy.of(settings)
+        self.product_events = ProductCatalogue.load(settings.event_types)
+        self.delivery = Delivery(
+            sessionmaker,
+            settings,
+            keyring=self.keyring,
+            policy=self.ssrf_policy,
+            availability=self.availability,
+        )
         self.workers: list[Worker] = []
         if self.engine is not None:
             self._add_database_workers(self.engine)
@@ -116,6 +137,17 @@ class Runtime:
 
         async def start_flusher() -> None:
             await self.usage.start(self.settings.usage_flush_seconds)
+
+        self.add(Worker("webhook delivery", self.delivery.start, self.delivery.stop))
+        scheduler = Scheduler(self.sessionmaker, self.settings, availability=self.availability)
+        self.add(Worker("scheduler", scheduler.start, scheduler.stop))
+        alert_email.enable(self.settings.smtp_url is not None)
+        if self.settings.smtp_url is not None:
+            mailer = Mailer(self.sessionmaker, self.settings, availability=self.availability)
+            self.add(Worker("mailer", mailer.start, mailer.stop))
+        if engine.dialect.name == "postgresql":
+            wake = WakeListener(engine.url, self.delivery)
+            self.add(Worker("webhook listener", wake.start, wake.stop))
 
         # Last started, first stopped: its final flush writes what was counted until then.
         self.add(Worker("usage flusher", start_flusher, self.usage.stop))

@@ -24,6 +24,9 @@ KEYSERVICE_SCOPES: tuple[str, ...] = (
     "keyservice:keys:write",
     "keyservice:audit:read",
     "keyservice:usage:read",
+    "keyservice:events:publish",
+    "keyservice:webhooks:read",
+    "keyservice:webhooks:write",
     "keyservice:verify",
 )
 KEYSERVICE_NAMESPACE = "keyservice:"

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from keyservice import migrate
+from keyservice import migrate, secretbox
 from keyservice.config import Settings
 from pgcluster import Cluster
 from servers import KEY_RE, NGINX, REPOSITORY, free_port, serving
@@ -55,6 +55,7 @@ def _env(cluster: Cluster) -> dict[str, str]:
     env["KEYSERVICE_DATABASE_URL"] = cluster.url
     env["KEYSERVICE_FORWARDED_ALLOW_IPS"] = "127.0.0.1"
     env["KEYSERVICE_LOG_FORMAT"] = "text"
+    env["KEYSERVICE_ENCRYPTION_KEY"] = secretbox.new_key()
     return env
 
 

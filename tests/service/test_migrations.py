@@ -21,6 +21,10 @@ TABLES = {
     "rate_buckets",
     "usage_counters",
     "events",
+    "webhook_endpoints",
+    "webhook_messages",
+    "webhook_attempts",
+    "email_messages",
 }
 
 

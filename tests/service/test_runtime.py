@@ -85,11 +85,15 @@ async def test_an_app_on_its_own_database_runs_the_production_workers(
     runtime: Runtime = app.state.runtime
     names = [worker.name for worker in runtime.workers]
     listener = ["invalidation listener"] if backend == "postgres" else []
+    webhook_listener = ["webhook listener"] if backend == "postgres" else []
     assert names == [
         "database engine",
         "database probe",
         *listener,
         "rate-limit renewals",
+        "webhook delivery",
+        "scheduler",
+        *webhook_listener,
         "usage flusher",
         "metrics sampler",
     ]

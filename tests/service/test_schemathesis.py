@@ -87,6 +87,8 @@ EXCLUSIONS = [
         "a usage range runs forward over a bounded span", "validation-error", "`start`|points"
     ),
     _refused("email-validator refuses reserved domains (.test)", "validation-error", "special-use"),
+    _refused("event types are the catalogue's, which the server holds", "unknown-event-type"),
+    _refused("a webhook URL must be one that can be sent to", "invalid-webhook-url"),
     Exclusion(
         "positive_data_acceptance",
         422,

@@ -1,5 +1,5 @@
 """The catalogue of keyservice's own events: each type's payload (an event's ``data``) as a
-pydantic model, what it means, and an example. ``GET /v1/event-types`` lists it, and webhooks will
+pydantic model, what it means, and an example. ``GET /v1/event-types`` lists it, and webhooks
 deliver from it.
 
 A payload carries the ids of what changed and the fields that changed, never a secret: no key,
@@ -120,6 +120,22 @@ class KeyRevokedData(KeyData):
     revoked_at: datetime
 
 
+class KeyExpiryData(KeyData):
+    name: str
+    hint: str = Field(description="Enough of the key to recognise it: never the secret.")
+    expires_at: datetime
+
+
+class KeyExpiringData(KeyExpiryData):
+    lead_seconds: int = Field(
+        description="The warning's lead time (604800: the 7-day warning, 86400: the 1-day one)."
+    )
+
+
+class KeyExpiredData(KeyExpiryData):
+    pass
+
+
 # --- applications ------------------------------------------------------------------------------
 
 
@@ -215,6 +231,21 @@ class UsageThresholdData(
     """By ``kind``: ``monthly_quota`` or ``rate_limited``."""
 
 
+# --- webhooks ----------------------------------------------------------------------------------
+
+
+class WebhookEndpointDisabledData(Payload):
+    endpoint_id: uuid.UUID
+    url: str
+    reason: Literal["gone", "failing"] = Field(
+        description="`gone`: the endpoint answered 410 Gone. `failing`: every delivery attempt "
+        "failed for the configured time."
+    )
+    failing_since: datetime | None = Field(
+        description="Since when every attempt failed (`failing`); null for `gone`."
+    )
+
+
 # --- the catalogue -----------------------------------------------------------------------------
 
 _KEY = {
@@ -233,6 +264,7 @@ READ_SCOPES = {
     "application": "keyservice:applications:read",
     "member": "keyservice:members:read",
     "usage": "keyservice:usage:read",
+    "webhook": "keyservice:webhooks:read",
 }
 
 
@@ -295,6 +327,30 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "A key was revoked: it stopped working at once, everywhere.",
         KeyRevokedData,
         {**_KEY, "revoked_at": "2026-11-21T09:30:00Z"},
+    ),
+    EventType(
+        "key.expiring",
+        "A key expires soon: sent once per lead time (7 days and 1 day before `expires_at` by "
+        "default), from the nearest one; a key that is revoked first gets none.",
+        KeyExpiringData,
+        {
+            **_KEY,
+            "name": "Production Integration",
+            "hint": "ks_live_…a1B2",
+            "expires_at": "2027-01-30T12:00:00Z",
+            "lead_seconds": 604800,
+        },
+    ),
+    EventType(
+        "key.expired",
+        "A key reached its `expires_at`: it no longer verifies. Sent once.",
+        KeyExpiredData,
+        {
+            **_KEY,
+            "name": "Production Integration",
+            "hint": "ks_live_…a1B2",
+            "expires_at": "2027-01-30T12:00:00Z",
+        },
     ),
     EventType(
         "application.created",
@@ -369,6 +425,19 @@ EVENT_TYPES: tuple[EventType, ...] = (
             "quota": 100000,
             "used": 80000,
             "month": "2026-11",
+        },
+    ),
+    EventType(
+        "webhook.endpoint.disabled",
+        "keyservice disabled a webhook endpoint: it answered 410 Gone (`gone`), or every "
+        "delivery to it failed for the configured time (`failing`). Messages for it wait until "
+        "it is enabled again. Never delivered to the endpoint it is about.",
+        WebhookEndpointDisabledData,
+        {
+            "endpoint_id": "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a",
+            "url": "https://hooks.partner.example/keyservice",
+            "reason": "failing",
+            "failing_since": "2026-11-16T09:30:00Z",
         },
     ),
 )

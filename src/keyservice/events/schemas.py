@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from keyservice.events.catalogue import BY_TYPE, EventType
+from keyservice.events.product import DESCRIPTION, ProductEventType
 
 _THRESHOLD = BY_TYPE["usage.threshold"].example
 
@@ -52,6 +53,16 @@ class EventTypeOut(BaseModel):
     data_example: dict[str, Any] = Field(description="An example of its events' `data`.")
 
     @classmethod
+    def of_product(cls, event_type: ProductEventType) -> EventTypeOut:
+        return cls(
+            type=event_type.name,
+            description=DESCRIPTION,
+            scope="keyservice:usage:read",
+            data_schema=event_type.data_schema,
+            data_example=event_type.example,
+        )
+
+    @classmethod
     def of(cls, event_type: EventType) -> EventTypeOut:
         return cls(
             type=event_type.name,
@@ -70,3 +81,40 @@ class EventTypes(BaseModel):
     )
 
     data: list[EventTypeOut]
+
+
+class EventPublish(BaseModel):
+    """A product event, published by the product's backend."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "contact.created",
+                    "data": {"contact_id": "c_8812", "email": "ada@example.com"},
+                    "idempotency_key": "contact-c_8812-created",
+                }
+            ]
+        },
+    )
+
+    type: Annotated[
+        str,
+        StringConstraints(
+            min_length=3, max_length=64, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+        ),
+    ] = Field(description="One of the product's event types (`GET /v1/event-types`).")
+    data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The event's payload: at most 16 KB of JSON by default, matching its "
+        "type's schema when the deployment declares one.",
+    )
+    idempotency_key: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+        | None
+    ) = Field(
+        default=None,
+        description="Publishing again with the same key returns the first event, and delivers "
+        "nothing more.",
+    )

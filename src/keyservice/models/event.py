@@ -12,7 +12,7 @@ from keyservice.models.base import Base, IdMixin, JSONType, utcnow
 
 class Event(IdMixin, Base):
     """Something that happened in an account (``key.created``, ``usage.threshold``, ...; the
-    catalogue is ``keyservice.events.catalogue``): the outbox that webhooks will deliver from."""
+    catalogue is ``keyservice.events.catalogue``): the outbox that webhooks deliver from."""
 
     __tablename__ = "events"
     __table_args__ = (Index(None, "account_id", "created_at"),)
