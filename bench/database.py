@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
+from cryptography.fernet import Fernet
 
 from bench import BenchError
 from keyservice import migrate
@@ -64,10 +65,14 @@ def database(admin_url: str) -> Iterator[str]:
         fetch(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# Production refuses to start without it (it encrypts webhook secrets): one for the bench's run.
+ENCRYPTION_KEY = Fernet.generate_key().decode()
+
+
 @blocking
 async def prepare(url: str) -> str:
     """Migrate the database and bootstrap an account: its owner key."""
-    settings = Settings(mode="production", database_url=url)
+    settings = Settings(mode="production", database_url=url, encryption_key=ENCRYPTION_KEY)
     await migrate.upgrade(settings, url)
     engine = create_engine(settings, url)
     try:
@@ -91,7 +96,7 @@ async def create_keys(
     """``count`` keys of an application, each with ``rate_limit``, written straight to the
     database with keyservice's own ``new_key``: thousands of keys in seconds rather than
     thousands of API calls. Their secrets, in order."""
-    settings = Settings(mode="production", database_url=url)
+    settings = Settings(mode="production", database_url=url, encryption_key=ENCRYPTION_KEY)
     engine = create_engine(settings, url)
     try:
         async with create_sessionmaker(engine)() as session, session.begin():

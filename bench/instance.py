@@ -16,6 +16,7 @@ from typing import IO
 import httpx
 
 from bench import HOST, BenchError, pin_to
+from bench.database import ENCRYPTION_KEY
 from bench.server import COUNTERS_PATH, Counters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +88,11 @@ def serve(
     and ``serve_args`` go to ``keyservice serve``."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
-    env |= {"KEYSERVICE_MODE": "production", "KEYSERVICE_DATABASE_URL": database_url}
+    env |= {
+        "KEYSERVICE_MODE": "production",
+        "KEYSERVICE_DATABASE_URL": database_url,
+        "KEYSERVICE_ENCRYPTION_KEY": ENCRYPTION_KEY,
+    }
     env |= dict(settings or {})
     keyservice = [sys.executable, "-m", "keyservice", "serve", "--host", HOST, "--port", str(port)]
     command = (

@@ -267,7 +267,7 @@ SQL_COLUMNS: list[tuple[str, Callable[[Summary], str]]] = [
     ("SQL statements", lambda s: f"{s.counters.sql_statements:,}"),
     ("SQL/1000", _per_verification(lambda c: c.sql_statements)),
     ("leases/1000", _per_verification(lambda c: c.sql_lease)),
-    ("usage flushes/1000", _per_verification(lambda c: c.sql_flush)),
+    ("background work/1000", _per_verification(lambda c: c.sql_flush)),
     ("other/1000", _per_verification(lambda c: c.sql_other)),
     ("connection checkouts/1000", _per_verification(lambda c: c.checkouts)),
 ]

@@ -29,8 +29,9 @@ from keyservice.main import create_app
 from keyservice.runtime import Runtime
 
 COUNTERS_PATH = "/bench/counters"
-# The name keyservice.usage.recorder.UsageRecorder.start gives its periodic task.
-FLUSHER_TASK = "keyservice-usage-flusher"
+# The runtime's background workers (usage flusher, webhook delivery, scheduler, probes) name
+# their tasks so: their statements are not the request path's.
+BACKGROUND_TASKS = "keyservice-"
 # The rate limiter's shared buckets (keyservice.models.RateBucket): statements on it are leases.
 BUCKETS_TABLE = "rate_buckets"
 
@@ -39,8 +40,9 @@ BUCKETS_TABLE = "rate_buckets"
 class Counters:
     """What the server did since it started; in the bench, their change over a run."""
 
-    # Every statement the app's engine sent, and among them the usage flusher's and the leases;
-    # the rest are lookups and the management API's.
+    # Every statement the app's engine sent, and among them the background workers' (the usage
+    # flusher, webhook delivery, the scheduler) and the leases; the rest are lookups and the
+    # management API's.
     sql_statements: int = 0
     sql_flush: int = 0
     sql_lease: int = 0
@@ -77,7 +79,7 @@ def create() -> FastAPI:
     def statement(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         counts.sql_statements += 1
         task = asyncio.current_task()
-        if task is not None and task.get_name() == FLUSHER_TASK:
+        if task is not None and task.get_name().startswith(BACKGROUND_TASKS):
             counts.sql_flush += 1
         elif BUCKETS_TABLE in statement:
             counts.sql_lease += 1
