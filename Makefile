@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run serve test lint format typecheck migrate revision openapi bench clean
+.PHONY: help install install-dev run serve test lint format typecheck migrate revision openapi bench screenshots clean
 
 help:
 	@echo "make run        install, migrate the embedded SQLite database and serve on :$(PORT)"
@@ -13,6 +13,7 @@ help:
 	@echo "make lint       ruff (lint + format check), mypy --strict, import-linter's contracts"
 	@echo "make bench      benchmark /v1/verify (rate limits, usage, two instances) on PostgreSQL (docs/performance.md)"
 	@echo "make openapi    regenerate openapi/openapi.json"
+	@echo "make screenshots  the console's pages, taken by its browser tests, into docs/console"
 	@echo "make migrate    apply migrations to KEYSERVICE_DATABASE_URL (default ./keyservice.db)"
 	@echo "make revision m=\"...\"  new Alembic migration"
 
@@ -65,6 +66,10 @@ revision: install-dev
 
 openapi: install
 	$(BIN)/keyservice openapi --output openapi/openapi.json
+
+# The suite's browser tests take them anyway; this keeps them, for the README.
+screenshots: install-dev
+	CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -q tests/console -k browser -p no:randomly
 
 # Needs PostgreSQL (KEYSERVICE_BENCH_POSTGRES_URL, default postgres@127.0.0.1:5432) and wrk,
 # installed from the OS packages when missing, as .ci/run installs nginx; about two minutes.

@@ -32,6 +32,9 @@ from keyservice.webhooks.ssrf import Policy
 from pgcluster import Cluster, own_cluster
 from receivers import Receiver
 
+# The console's fixtures (signed-in clients, the browser) live beside the other helpers.
+pytest_plugins = ("consoles",)
+
 POSTGRES_URL = os.environ.get(
     "KEYSERVICE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )

@@ -10,6 +10,7 @@ import getpass
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -30,7 +31,14 @@ T = TypeVar("T")
 logger = logging.getLogger("keyservice")
 
 
-def _print_first_key(secret: str, email: str, base_url: str) -> None:
+def _print_first_key(
+    secret: str,
+    email: str,
+    base_url: str,
+    *,
+    console: str | None = None,
+    password: str | None = None,
+) -> None:
     # Straight to the terminal, never through logging: log pipelines keep what they are given.
     sys.stdout.write(
         f"""
@@ -47,6 +55,16 @@ def _print_first_key(secret: str, email: str, base_url: str) -> None:
 
 """
     )
+    if console is not None and password is not None:
+        sys.stdout.write(
+            f"""  Console: {base_url}{console}
+  Sign in as {email} with the password (shown once; change it with
+  `keyservice set-password --email {email}`):
+
+      {password}
+
+"""
+        )
     sys.stdout.flush()
 
 
@@ -215,17 +233,25 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if settings.mode is Mode.development:
         if settings.is_sqlite:
             _migrate(settings, "head")
+        # A newcomer signs in to the console at once, with a password made for them.
+        password = secrets.token_urlsafe(12) if settings.console_enabled else None
         secret = asyncio.run(
             _bootstrap(
                 settings,
                 account_name="My company",
                 email="owner@example.com",
-                password=None,
+                password=password,
                 if_empty=True,
             )
         )
         if secret is not None:
-            _print_first_key(secret, "owner@example.com", f"http://{args.host}:{args.port}")
+            _print_first_key(
+                secret,
+                "owner@example.com",
+                f"http://{args.host}:{args.port}",
+                console=settings.console_prefix,
+                password=password,
+            )
     from keyservice import logs
 
     with _metrics_directory(args.workers):

@@ -225,7 +225,16 @@ class Settings(BaseSettings):
     )
     smtp_from: str = Field(default="keyservice <keyservice@localhost>", max_length=320)
 
-    # Console sessions and logins
+    # The console (server-rendered pages) and its sessions
+    console_enabled: bool = Field(
+        default=True, description="Serve the console's pages; off leaves the API alone."
+    )
+    console_prefix: str = Field(
+        default="/console",
+        pattern=r"^(/[A-Za-z0-9._~-]+)+$",
+        max_length=100,
+        description="Where the console is served, a path such as `/console` (no trailing slash).",
+    )
     session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
     login_failures_per_email: int = Field(default=5, ge=1)
     login_failures_per_address: int = Field(default=20, ge=1)

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keyservice import __version__, apidocs, metrics
+from keyservice import __version__, apidocs, console, metrics
 from keyservice.accounts.router import router as accounts_router
 from keyservice.accounts.router import sessions_router
 from keyservice.applications.router import router as applications_router
@@ -231,4 +231,6 @@ def create_app(
     ):
         app.include_router(router)
     apidocs.install(app)
+    # After the API's error handlers: the console's pages wrap them for its own paths.
+    console.install(app, settings)
     return app

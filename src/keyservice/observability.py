@@ -28,6 +28,15 @@ _KEY = "keyservice.key"
 UNMATCHED = "unmatched"
 
 
+_ROUTE = "keyservice.route"
+
+
+def note_route(scope: Scope, template: str) -> None:
+    """Name the request's route template, for a route whose own path lacks the prefix it was
+    included under (the console's, whose prefix is a setting)."""
+    scope[_ROUTE] = template
+
+
 def note_key(scope: Scope, key_id: uuid.UUID, account_id: uuid.UUID | None) -> None:
     """Say which key (and account) the request was verified with, for its line in the log."""
     scope[_KEY] = (key_id, account_id)
@@ -41,6 +50,9 @@ def _request_id(scope: Scope) -> bytes:
 
 
 def _route(scope: Scope, fallback: str | None) -> str:
+    noted = scope.get(_ROUTE)
+    if noted is not None:
+        return str(noted)
     route = scope.get("route")
     path = getattr(route, "path", None)
     if isinstance(path, str):

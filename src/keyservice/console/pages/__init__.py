@@ -1,0 +1,12 @@
+"""The console's pages, a module per place in the console."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from keyservice.console.pages import applications, session
+
+routers: tuple[APIRouter, ...] = (
+    session.router,
+    applications.router,
+)
