@@ -5,7 +5,7 @@ import secrets
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import contains_eager
 
@@ -20,6 +20,7 @@ from keyservice.models import (
     Account,
     ApiKey,
     AuditEvent,
+    KeyKind,
     Membership,
     Role,
     User,
@@ -405,21 +406,37 @@ async def issue_owner_key(
 
 
 async def set_password(session: AsyncSession, *, email: str, password: str) -> User:
-    """Set a user's password from the server (it is hashed like every other)."""
+    """Set a user's password from the server (it is hashed like every other). The user's
+    console sessions end: whoever signed in with the old password is signed out."""
     if not passwords.MIN_LENGTH <= len(password) <= passwords.MAX_LENGTH:
         raise ValidationFailed(
             f"A password has {passwords.MIN_LENGTH} to {passwords.MAX_LENGTH} characters"
         )
     user = await user_by_email(session, email)
     user.password_hash = await asyncio.to_thread(hash_password, password)
+    now = utcnow()
+    ended = (
+        await session.scalars(
+            update(ApiKey)
+            .where(
+                ApiKey.user_id == user.id,
+                ApiKey.kind == KeyKind.session,
+                ApiKey.revoked_at.is_(None),
+            )
+            .values(revoked_at=now, updated_at=now)
+            .returning(ApiKey.id)
+        )
+    ).all()
     await session.flush()
+    if ended:
+        await invalidate(session, Target("user", user.id))
     await audit.record_from_server(
         session,
         user_id=user.id,
         action="user.password_set",
         target_type="user",
         target_id=user.id,
-        details={"email": user.email, "via": FROM_SERVER},
+        details={"email": user.email, "via": FROM_SERVER, "sessions_ended": len(ended)},
     )
     return user
 
