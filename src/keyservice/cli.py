@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
+from sqlalchemy.exc import DBAPIError
+
 from keyservice.config import Mode, Settings, SettingsError, get_settings
 from keyservice.errors import KeyServiceError
 
@@ -401,6 +403,19 @@ def main(argv: list[str] | None = None) -> None:
     except KeyServiceError as exc:
         # A command refused, for a reason its user can act on (an unknown email, say).
         _refuse(exc.detail[:1].lower() + exc.detail[1:])
+    except (OSError, DBAPIError) as exc:
+        # The database cannot be reached (or opened): say so in a line, not a traceback. The
+        # reason names the host and port at most, never the URL (it may hold a password).
+        _refuse(
+            f"cannot use the database ({_reason(exc)}); check KEYSERVICE_DATABASE_URL and "
+            "that the database server is running"
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines() or [type(cause).__name__]
+    return lines[0][:200]
 
 
 def _refuse(message: str, *, status: int = 1) -> NoReturn:

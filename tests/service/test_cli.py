@@ -288,3 +288,33 @@ async def test_set_password_from_the_server(tmp_path: Path) -> None:
         ),
         "no user has the email nobody@example.com",
     )
+
+
+def test_a_database_that_cannot_be_reached_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    # Nothing listens on that port; the URL's password must not be repeated.
+    env["KEYSERVICE_DATABASE_URL"] = (
+        f"postgresql+asyncpg://postgres:hunter2hunter2@127.0.0.1:{free_port()}/keyservice"
+    )
+    for command in (
+        ["migrate"],
+        ["issue-owner-key", "--email", "ann@example.com"],
+        ["set-password", "--email", "ann@example.com", "--password-stdin"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "keyservice", *command],
+            env=env,
+            cwd=tmp_path,
+            input="a long new password\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1, command
+        assert "Traceback" not in result.stderr
+        assert "hunter2hunter2" not in result.stderr
+        last = result.stderr.splitlines()[-1]
+        assert last.startswith("keyservice: cannot use the database (")
+        assert last.endswith(
+            "check KEYSERVICE_DATABASE_URL and that the database server is running"
+        )
