@@ -149,3 +149,16 @@ async def test_the_console_is_served_where_the_prefix_says(make_app: object) -> 
         response = await client.get("/settings/api/sign-in")
     assert response.status_code == 200
     assert 'action="/settings/api/sign-in"' in response.text
+
+
+async def test_the_sign_in_page_sends_a_signed_in_user_on(owner: ConsoleUser) -> None:
+    response = await owner.get("/sign-in?next=/console/keys")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/console/keys"
+
+
+async def test_sign_in_never_sends_anyone_to_another_site(app: FastAPI) -> None:
+    async with client_for(app) as client:
+        for target in ("//evil.example/x", "https://evil.example/", "/console//evil.example"):
+            page = await client.get(f"{CONSOLE}/sign-in", params={"next": target})
+            assert 'name="next" value="/"' in page.text, target

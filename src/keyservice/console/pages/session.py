@@ -69,7 +69,18 @@ async def home(request: Request, visitor: Signed) -> Response:
 async def sign_in_form(
     request: Request, next: Annotated[str | None, Query(max_length=2000)] = None
 ) -> Response:
-    return _sign_in_page(request, next_path=web.safe_next(request, next))
+    next_path = web.safe_next(request, next)
+    secret = request.cookies.get(web.SESSION_COOKIE)
+    if secret:
+        try:
+            await request.app.state.verifier.verify_user(
+                secret, client_address=client_address(request)
+            )
+        except Unauthorized:
+            pass
+        else:  # signed in already
+            return web.redirect(request, next_path)
+    return _sign_in_page(request, next_path=next_path)
 
 
 @router.post("/sign-in")
