@@ -24,6 +24,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.accounts import service as accounts_service
 from keyservice.config import Mode, Settings
@@ -311,6 +312,13 @@ def _humane(item: Any) -> str:
         return f"At most {context.get('max_length')} characters."
     message = str(item["msg"]).removeprefix("Value error, ")
     return message[:1].upper() + message[1:]
+
+
+async def undone(session: AsyncSession, response: Response) -> Response:
+    """A failed write's page, rendered (it reads the objects as they were), and what the write
+    had done rolled back: a failed form leaves nothing half-written."""
+    await session.rollback()
+    return response
 
 
 def problem_page(

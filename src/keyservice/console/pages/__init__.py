@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from keyservice.console.pages import applications, session
+from keyservice.console.pages import applications, keys, session
 
 routers: tuple[APIRouter, ...] = (
     session.router,
     applications.router,
+    keys.router,
 )

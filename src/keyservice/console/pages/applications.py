@@ -109,8 +109,10 @@ async def create_application(
             request, visitor, settings, values=values, problem=web.Problem.of_validation(error)
         )
     except KeyServiceError as error:
-        await session.rollback()
-        return _form_page(request, visitor, settings, values=values, problem=web.Problem.of(error))
+        return await web.undone(
+            session,
+            _form_page(request, visitor, settings, values=values, problem=web.Problem.of(error)),
+        )
     return web.redirect(request, f"/applications/{application.id}?saved=created")
 
 
@@ -184,14 +186,16 @@ async def update_application(
             problem=web.Problem.of_validation(error),
         )
     except KeyServiceError as error:
-        await session.rollback()
-        return _form_page(
-            request,
-            visitor,
-            settings,
-            values=values,
-            application=application,
-            problem=web.Problem.of(error),
+        return await web.undone(
+            session,
+            _form_page(
+                request,
+                visitor,
+                settings,
+                values=values,
+                application=application,
+                problem=web.Problem.of(error),
+            ),
         )
     return web.redirect(request, f"/applications/{application_id}?saved=updated")
 

@@ -127,14 +127,16 @@ async def sign_in(
             status_code=error.status,
         )
     except KeyServiceError as error:  # too many failures: the same answer as the API's
-        await session.rollback()
-        return _sign_in_page(
-            request,
-            email=email,
-            next_path=next_path,
-            problem=web.Problem.of(error),
-            status_code=error.status,
-            headers=error.headers,
+        return await web.undone(
+            session,
+            _sign_in_page(
+                request,
+                email=email,
+                next_path=next_path,
+                problem=web.Problem.of(error),
+                status_code=error.status,
+                headers=error.headers,
+            ),
         )
     response = web.redirect(request, next_path)
     response.set_cookie(

@@ -49,8 +49,17 @@
     });
   }
 
+  // The browser's offset from UTC, for dates picked in its time zone (minutes, as the server
+  // adds them: UTC = local + offset).
+  function timeZones(root) {
+    root.querySelectorAll("input[data-tz-offset]").forEach(function (input) {
+      input.value = String(new Date().getTimezoneOffset());
+    });
+  }
+
   function enhance(root) {
     localTimes(root);
+    timeZones(root);
     copyButtons(root);
     autosubmit(root);
   }
