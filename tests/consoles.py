@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -41,7 +41,7 @@ class ConsoleUser:
     async def get(self, path: str, **kwargs: object) -> httpx.Response:
         return await self.client.get(CONSOLE + path, **kwargs)  # type: ignore[arg-type]
 
-    async def post(self, path: str, data: dict[str, object] | None = None) -> httpx.Response:
+    async def post(self, path: str, data: Mapping[str, object] | None = None) -> httpx.Response:
         """A form submitted from a console page (its CSRF token included)."""
         return await self.client.post(
             CONSOLE + path, data={"csrf_token": self.csrf, **(data or {})}
