@@ -192,6 +192,8 @@ def requires(*scopes: str) -> Callable[..., Awaitable[Visitor]]:
             account_id=account.id,
             client_address=address,
             endpoint=_endpoint(request),
+            # Console pages are not the product's API: they stay out of its usage graphs.
+            metered=False,
         )
         visitor = Visitor(
             principal=verified.principal,

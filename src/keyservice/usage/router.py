@@ -10,12 +10,9 @@ from keyservice.config import SettingsDep
 from keyservice.db import SessionDep
 from keyservice.errors import NotFound, responses
 from keyservice.keys import service as keys_service
-from keyservice.models import utcnow
 from keyservice.ratelimit.limiter import Limiter
-from keyservice.ratelimit.policy import effective_limits
-from keyservice.ratelimit.schemas import RateLimit
 from keyservice.usage import service
-from keyservice.usage.schemas import AccountUsage, Granularity, KeyUsage, Limits
+from keyservice.usage.schemas import AccountUsage, Granularity, KeyUsage
 from keyservice.verification.dependency import AUTH_ERRORS, require
 from keyservice.verification.service import Principal
 
@@ -55,26 +52,13 @@ async def get_key_usage(
         session, key, granularity=granularity, start=start, end=end
     )
     application = await keys_service.get_application_of(session, key)
-    limits = effective_limits(settings, key, application)
-    quota = limits.monthly_quota
     return KeyUsage(
         key_id=key.id,
         current_hour=hour,
         current_month=month,
         series=series,
         top_endpoints=endpoints,
-        limits=Limits(
-            rate_limit=RateLimit(
-                limit=limits.rate.limit,
-                period_seconds=limits.rate.period_seconds,
-                burst=limits.rate.burst,
-            )
-            if limits.rate
-            else None,
-            monthly_quota=quota,
-            quota_remaining=await service.quota_remaining(session, limiter, key.id, limits),
-            quota_resets_at=service.next_month_start(utcnow()) if quota is not None else None,
-        ),
+        limits=await service.key_limits(session, settings, limiter, key, application),
     )
 
 

@@ -12,11 +12,13 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyservice.config import Settings
 from keyservice.errors import ValidationFailed
-from keyservice.models import ApiKey, UsageCounter, utcnow
+from keyservice.models import ApiKey, Application, UsageCounter, utcnow
 from keyservice.ratelimit import buckets
 from keyservice.ratelimit.limiter import Limiter
-from keyservice.ratelimit.policy import Limits
+from keyservice.ratelimit.policy import Limits, effective_limits
+from keyservice.ratelimit.schemas import RateLimit
 from keyservice.usage.schemas import (
     Counts,
     EndpointCounts,
@@ -25,6 +27,7 @@ from keyservice.usage.schemas import (
     Point,
     Series,
 )
+from keyservice.usage.schemas import Limits as LimitsOut
 
 MAX_POINTS = {Granularity.hour: 24 * 31, Granularity.day: 366}
 DEFAULT_SPAN = {Granularity.hour: timedelta(hours=24), Granularity.day: timedelta(days=30)}
@@ -194,3 +197,28 @@ async def quota_remaining(
         return None
     used = await buckets.quota_used(session, key_id) - limiter.unspent(key_id, limits)
     return max(0, limits.monthly_quota - used)
+
+
+async def key_limits(
+    session: AsyncSession,
+    settings: Settings,
+    limiter: Limiter,
+    key: ApiKey,
+    application: Application | None,
+) -> LimitsOut:
+    """The limits in force for ``key`` (its own, its application's or the deployment's) and
+    what is left of its monthly quota."""
+    limits = effective_limits(settings, key, application)
+    quota = limits.monthly_quota
+    return LimitsOut(
+        rate_limit=RateLimit(
+            limit=limits.rate.limit,
+            period_seconds=limits.rate.period_seconds,
+            burst=limits.rate.burst,
+        )
+        if limits.rate
+        else None,
+        monthly_quota=quota,
+        quota_remaining=await quota_remaining(session, limiter, key.id, limits),
+        quota_resets_at=next_month_start(utcnow()) if quota is not None else None,
+    )

@@ -170,12 +170,15 @@ class Verifier:
         endpoint: str | None = None,
         cost: int = 1,
         confined: bool = False,
+        metered: bool = True,
     ) -> Verified:
         """Verify ``key`` for ``scopes`` on ``account_id``, within its limits; count the request
         as the key's usage of ``endpoint``; raise the reason it is refused.
 
         ``confined``: a key that does not reach ``account_id`` is unknown, whatever its state:
-        the caller must not learn that it exists, nor that it was revoked."""
+        the caller must not learn that it exists, nor that it was revoked. ``metered=False``:
+        the request is not the product's API use (a console page), and is not counted in the
+        usage; its limits apply all the same."""
         record, grace = await self._authenticate(
             key, client_address, confined_to=account_id if confined else None
         )
@@ -184,13 +187,14 @@ class Verifier:
                 record, account_id=account_id, client_address=client_address
             )
         except KeyServiceError:
-            if record.account_id is not None:
+            if record.account_id is not None and metered:
                 self.usage.record(record.id, record.account_id, endpoint, allowed=False)
             raise
         try:
             principal.require(*scopes)
         except KeyServiceError:
-            self.usage.record(record.id, principal.account_id, endpoint, allowed=False)
+            if metered:
+                self.usage.record(record.id, principal.account_id, endpoint, allowed=False)
             raise
         decision = None
         if record.limits.limited:
@@ -198,12 +202,14 @@ class Verifier:
             self.usage.limited(record.id, principal.account_id, record.limits, decision)
             if not decision.allowed:
                 metrics.rate_limit_refusal("quota" if decision.refused is Refusal.quota else "rate")
-                self.usage.record(
-                    record.id, principal.account_id, endpoint, allowed=False, rate_limited=True
-                )
+                if metered:
+                    self.usage.record(
+                        record.id, principal.account_id, endpoint, allowed=False, rate_limited=True
+                    )
                 error = QuotaExceeded if decision.refused is Refusal.quota else RateLimited
                 raise error(decision, rate_limit_headers(decision))
-        self.usage.record(record.id, principal.account_id, endpoint, allowed=True, cost=cost)
+        if metered:
+            self.usage.record(record.id, principal.account_id, endpoint, allowed=True, cost=cost)
         return Verified(principal=principal, grace=grace, decision=decision)
 
     def _failed(self, client_address: str | None) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from keyservice.console.pages import applications, keys, session
+from keyservice.console.pages import applications, keys, session, usage
 
 routers: tuple[APIRouter, ...] = (
     session.router,
     applications.router,
     keys.router,
+    usage.router,
 )
