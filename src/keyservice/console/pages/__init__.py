@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from keyservice.console.pages import applications, keys, session, usage
+from keyservice.console.pages import applications, keys, session, usage, webhooks
 
 routers: tuple[APIRouter, ...] = (
     session.router,
     applications.router,
     keys.router,
     usage.router,
+    webhooks.router,
 )
