@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyservice.models import AuditEvent, Membership
+from keyservice.models import ApiKey, AuditEvent, Membership, User
 from keyservice.pagination import PageParams, paginate
 from keyservice.verification.service import Actor
 
@@ -112,3 +112,48 @@ async def list_events(
     return await paginate(
         session, statement, page, created_at=AuditEvent.created_at, id_=AuditEvent.id
     )
+
+
+# What the audit trail records, for filters (a console's select).
+ACTIONS: tuple[str, ...] = (
+    "account.bootstrapped",
+    "account.updated",
+    "application.created",
+    "application.updated",
+    "application.deleted",
+    "key.created",
+    "key.updated",
+    "key.rotated",
+    "key.revoked",
+    "member.added",
+    "member.invited",
+    "member.joined",
+    "member.role_changed",
+    "member.removed",
+    "user.password_set",
+    "webhook_endpoint.created",
+    "webhook_endpoint.updated",
+    "webhook_endpoint.enabled",
+    "webhook_endpoint.disabled",
+    "webhook_endpoint.secret_rotated",
+    "webhook_endpoint.deleted",
+    "webhook_message.redelivered",
+    "webhook_messages.replayed",
+)
+
+
+async def actor_names(session: AsyncSession, events: Sequence[AuditEvent]) -> dict[uuid.UUID, str]:
+    """Who made each change, readably: users by email, keys by name and hint."""
+    user_ids = {e.actor_user_id for e in events if e.actor_user_id}
+    key_ids = {e.actor_key_id for e in events if e.actor_key_id}
+    names: dict[uuid.UUID, str] = {}
+    if user_ids:
+        emails = await session.execute(select(User.id, User.email).where(User.id.in_(user_ids)))
+        for user_id, email in emails.all():
+            names[user_id] = email
+    if key_ids:
+        keys = await session.execute(
+            select(ApiKey.id, ApiKey.name, ApiKey.hint).where(ApiKey.id.in_(key_ids))
+        )
+        names.update({key_id: f"{name} ({hint})" for key_id, name, hint in keys.all()})
+    return names

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from keyservice.console.pages import applications, keys, session, usage, webhooks
+from keyservice.console.pages import applications, keys, people, session, usage, webhooks
 
 routers: tuple[APIRouter, ...] = (
     session.router,
@@ -12,4 +12,5 @@ routers: tuple[APIRouter, ...] = (
     keys.router,
     usage.router,
     webhooks.router,
+    people.router,
 )
