@@ -127,6 +127,7 @@ CHROMIUM_ARGS = [
 @dataclass
 class ConsoleServer:
     server: Server
+    directory: Path
     email: str
     password: str
     owner_key: str
@@ -154,7 +155,11 @@ def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console
         secrets_seen.remember(match.group(2))
         secrets_seen.remember(key.group(0))
         yield ConsoleServer(
-            server=server, email=match.group(1), password=match.group(2), owner_key=key.group(0)
+            server=server,
+            directory=directory,
+            email=match.group(1),
+            password=match.group(2),
+            owner_key=key.group(0),
         )
 
 

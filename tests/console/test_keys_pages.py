@@ -179,3 +179,12 @@ async def test_another_accounts_keys_are_not_found(
     assert (await stranger.post(f"/keys/{key_id}/revoke")).status_code == 404
     assert "Production Integration" not in (await stranger.get("/keys")).text
     assert "active" in (await owner.get(f"/keys/{key_id}")).text
+
+
+async def test_a_filter_left_at_any_is_no_filter(owner: ConsoleUser) -> None:
+    application_id = await _application(owner)
+    await _generate(owner, application_id)
+    # As the filter form submits it when only the environment is chosen.
+    page = await owner.get("/keys?application_id=&environment=live&status=")
+    assert page.status_code == 200
+    assert "Production Integration" in page.text

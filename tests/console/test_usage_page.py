@@ -123,3 +123,9 @@ async def test_console_pages_are_not_the_products_api_usage(
     await app.state.verifier.usage.flush()
     counted = (await session.scalars(select(UsageCounter.endpoint))).all()
     assert not [endpoint for endpoint in counted if "/console" in endpoint]
+
+
+async def test_the_whole_account_choice_is_the_account_view(owner: ConsoleUser) -> None:
+    page = await owner.get("/usage?granularity=day&key_id=")
+    assert page.status_code == 200
+    assert "Busiest keys" in page.text

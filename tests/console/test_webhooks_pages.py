@@ -93,6 +93,8 @@ async def test_the_delivery_log_shows_each_message_and_redelivers(
     assert message_id
     again = await owner.post(f"/webhooks/{endpoint_id}/deliveries/{message_id.group(1)}/redeliver")
     assert again.status_code == 303
+    unfiltered = await owner.get(f"/webhooks/{endpoint_id}/deliveries?status=&event_type=")
+    assert "application.created" in unfiltered.text
     filtered = await owner.get(f"/webhooks/{endpoint_id}/deliveries?status=failed")
     assert "No message matches these filters" in filtered.text
     since = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")

@@ -23,7 +23,7 @@ from urllib.parse import quote
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.accounts import service as accounts_service
@@ -67,6 +67,14 @@ def _local_time(moment: datetime | None) -> str:
 
 
 templates.env.filters["iso"] = _local_time
+
+
+def _none_if_blank(value: Any) -> Any:
+    return None if value == "" else value
+
+
+# A filter form's "any" option submits an empty value: for a query parameter, as good as absent.
+Blank = BeforeValidator(_none_if_blank)
 
 
 def prefix_of(request: Request) -> str:

@@ -53,9 +53,9 @@ async def list_keys(
     request: Request,
     session: SessionDep,
     visitor: Reader,
-    application_id: Annotated[uuid.UUID | None, Query()] = None,
-    environment: Annotated[Environment | None, Query()] = None,
-    status: Annotated[KeyStatus | None, Query()] = None,
+    application_id: Annotated[uuid.UUID | None, web.Blank, Query()] = None,
+    environment: Annotated[Environment | None, web.Blank, Query()] = None,
+    status: Annotated[KeyStatus | None, web.Blank, Query()] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     keys, next_cursor = await service.list_keys(

@@ -54,7 +54,7 @@ async def usage(
     session: SessionDep,
     settings: SettingsDep,
     visitor: Reader,
-    key_id: Annotated[uuid.UUID | None, Query()] = None,
+    key_id: Annotated[uuid.UUID | None, web.Blank, Query()] = None,
     granularity: Annotated[Granularity, Query()] = Granularity.hour,
 ) -> Response:
     keys, _ = await keys_service.list_keys(

@@ -358,7 +358,7 @@ async def deliveries(
     session: SessionDep,
     visitor: Reader,
     endpoint_id: uuid.UUID,
-    status: Annotated[Literal["pending", "delivered", "failed"] | None, Query()] = None,
+    status: Annotated[Literal["pending", "delivered", "failed"] | None, web.Blank, Query()] = None,
     event_type: Annotated[str | None, Query(max_length=64, pattern=r"^[a-z_.]*$")] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     saved: Annotated[str | None, Query(max_length=40)] = None,
