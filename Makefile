@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run serve test lint format typecheck migrate revision openapi bench screenshots clean
+.PHONY: help install install-dev run serve test lint format typecheck migrate revision openapi bench bench-console screenshots clean
 
 help:
 	@echo "make run        install, migrate the embedded SQLite database and serve on :$(PORT)"
@@ -79,6 +79,11 @@ bench: install
 	  (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null 2>&1 || echo "wrk could not be installed"; \
 	fi
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.console
+
+# The console's pages with 1,000 keys and 30 days of hourly usage (docs/console-performance.md).
+bench-console: install
+	$(BIN)/python -m bench.console $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache keyservice.db*

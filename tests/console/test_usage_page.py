@@ -2,46 +2,57 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from html import unescape
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from consoles import ConsoleUser, SignIn
 from factories import Tenant, create_application, create_key, create_tenant
 from keyservice.models import UsageCounter, utcnow
+from keyservice.usage.recorder import UsageRecorder
+
+
+def _at(moment: datetime) -> datetime:
+    return moment
 
 
 async def _key_with_usage(
-    client: httpx.AsyncClient, session: AsyncSession, tenant: Tenant, **fields: object
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    tenant: Tenant,
+    **fields: object,
 ) -> dict[str, object]:
+    """A key with usage this hour and five hours ago, counted as verifications are."""
     application = await create_application(client, tenant)
     key = await create_key(client, tenant, application["id"], **fields)
-    hour = utcnow().replace(minute=0, second=0, microsecond=0)
+    key_id = uuid.UUID(str(key["id"]))
+    now = utcnow()
     for hours_ago, endpoint, allowed, refused, limited in (
         (0, "GET /v1/contacts", 40, 3, 2),
         (0, "POST /v1/deals", 7, 0, 0),
         (5, "GET /v1/contacts", 12, 1, 0),
     ):
-        session.add(
-            UsageCounter(
-                key_id=uuid.UUID(str(key["id"])),
-                account_id=tenant.account.id,
-                endpoint=endpoint,
-                hour=hour - timedelta(hours=hours_ago),
-                allowed=allowed,
-                refused=refused,
-                rate_limited=limited,
-            )
+        moment = now - timedelta(hours=hours_ago)
+        recorder = UsageRecorder(
+            sessionmaker, max_endpoints=10, clock=functools.partial(_at, moment)
         )
-    await session.commit()
+        for _ in range(allowed):
+            recorder.record(key_id, tenant.account.id, endpoint, allowed=True)
+        for n in range(refused):
+            recorder.record(
+                key_id, tenant.account.id, endpoint, allowed=False, rate_limited=n < limited
+            )
+        await recorder.flush()
     return key
 
 
@@ -53,9 +64,13 @@ def _chart(page: str) -> dict[str, Any]:
 
 
 async def test_the_account_view_counts_graphs_and_ranks(
-    client: httpx.AsyncClient, session: AsyncSession, tenant_for_console: Tenant, owner: ConsoleUser
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    tenant_for_console: Tenant,
+    owner: ConsoleUser,
 ) -> None:
-    await _key_with_usage(client, session, tenant_for_console)
+    await _key_with_usage(client, session, sessionmaker, tenant_for_console)
     page = await owner.get("/usage")
     assert page.status_code == 200
     text = page.text
@@ -73,9 +88,15 @@ async def test_the_account_view_counts_graphs_and_ranks(
 
 
 async def test_one_keys_view_by_day_with_its_quota(
-    client: httpx.AsyncClient, session: AsyncSession, tenant_for_console: Tenant, owner: ConsoleUser
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    tenant_for_console: Tenant,
+    owner: ConsoleUser,
 ) -> None:
-    key = await _key_with_usage(client, session, tenant_for_console, monthly_quota=1000)
+    key = await _key_with_usage(
+        client, session, sessionmaker, tenant_for_console, monthly_quota=1000
+    )
     page = await owner.get(f"/usage?key_id={key['id']}&granularity=day")
     assert page.status_code == 200
     chart = _chart(page.text)
@@ -95,19 +116,24 @@ async def test_an_empty_period_says_how_usage_arrives(owner: ConsoleUser) -> Non
 async def test_a_member_reads_usage(
     client: httpx.AsyncClient,
     session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
     tenant_for_console: Tenant,
     member: ConsoleUser,
 ) -> None:
-    await _key_with_usage(client, session, tenant_for_console)
+    await _key_with_usage(client, session, sessionmaker, tenant_for_console)
     page = await member.get("/usage")
     assert page.status_code == 200
     assert sum(_chart(page.text)["allowed"]) == 59
 
 
 async def test_another_accounts_key_usage_is_not_found(
-    client: httpx.AsyncClient, session: AsyncSession, tenant_for_console: Tenant, sign_in: SignIn
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    tenant_for_console: Tenant,
+    sign_in: SignIn,
 ) -> None:
-    key = await _key_with_usage(client, session, tenant_for_console)
+    key = await _key_with_usage(client, session, sessionmaker, tenant_for_console)
     stranger = await sign_in((await create_tenant(session, name="Initech")).owner)
     assert (await stranger.get(f"/usage?key_id={key['id']}")).status_code == 404
     page = await stranger.get("/usage")

@@ -20,6 +20,8 @@ TABLES = {
     "login_throttles",
     "rate_buckets",
     "usage_counters",
+    "usage_account_hours",
+    "usage_key_days",
     "events",
     "webhook_endpoints",
     "webhook_messages",

@@ -11,6 +11,7 @@ from keyservice.models.login_throttle import LoginThrottle
 from keyservice.models.membership import Membership, Role
 from keyservice.models.rate_bucket import RateBucket
 from keyservice.models.usage_counter import UsageCounter
+from keyservice.models.usage_rollup import UsageAccountHour, UsageKeyDay
 from keyservice.models.user import User
 from keyservice.models.webhook import (
     MessageStatus,
@@ -34,7 +35,9 @@ __all__ = [
     "MessageStatus",
     "RateBucket",
     "Role",
+    "UsageAccountHour",
     "UsageCounter",
+    "UsageKeyDay",
     "User",
     "WebhookAttempt",
     "WebhookEndpoint",

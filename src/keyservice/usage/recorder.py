@@ -2,7 +2,8 @@
 
 Each verification of a known key adds one to a counter per (key, account, endpoint, hour), allowed
 and refused apart. Every ``usage_flush_seconds`` (and when the app shuts down) the counters are
-written with one multi-row ``INSERT ... ON CONFLICT DO UPDATE`` per ten thousand rows, in the same
+written with one multi-row ``INSERT ... ON CONFLICT DO UPDATE`` per ten thousand rows (and their
+rollups by account and hour, and by key and day, which usage pages read), in the same
 transaction as the keys' ``last_used_at`` (one ``UPDATE`` per ten thousand keys; each key's at
 most once a minute per instance) and any alert events. The statements are fixed, whatever the
 number of rows (``keyservice.json_rows.JsonRows``): they are compiled once, not per flush, which
@@ -41,7 +42,7 @@ from keyservice.events import service as events_service
 from keyservice.events.catalogue import BY_TYPE
 from keyservice.fields import MAX_ENDPOINT_LENGTH
 from keyservice.json_rows import JsonRows
-from keyservice.models import ApiKey, UsageCounter, utcnow
+from keyservice.models import Account, ApiKey, UsageAccountHour, UsageCounter, UsageKeyDay, utcnow
 from keyservice.models.base import UTCDateTime
 from keyservice.ratelimit.limiter import Decision
 from keyservice.ratelimit.policy import Limits
@@ -241,6 +242,12 @@ class UsageRecorder:
         counts = [(*counter, *counted) for counter, counted in batch.counts.items()]
         for chunk in _in_key_order(counts, lambda row: (row[0].int, row[2], row[3])):
             await session.execute(_count_statement(name), _counts(name).bind(chunk))
+        # The rollups that usage pages read, from the same counts, in the same transaction.
+        hours, days = _rollups(batch.counts)
+        for chunk in _in_key_order(hours, lambda row: (row[0].int, row[1], row[2])):
+            await session.execute(_account_hours_statement(name), _account_hours(name).bind(chunk))
+        for chunk in _in_key_order(days, lambda row: (row[0].int, row[1])):
+            await session.execute(_key_days_statement(name), _key_days(name).bind(chunk))
         written = [
             (key_id, at)
             for key_id, at in batch.last_used.items()
@@ -361,6 +368,91 @@ _COUNT_COLUMNS = {
 
 def _counts(dialect: str) -> JsonRows:
     return JsonRows(dialect, _COUNT_COLUMNS, name="counted", param="counts")
+
+
+_ACCOUNT_HOUR_COLUMNS = {
+    "account_id": Uuid,
+    "hour": UTCDateTime,
+    "endpoint": String,
+    "allowed": BigInteger,
+    "refused": BigInteger,
+    "rate_limited": BigInteger,
+}
+_KEY_DAY_COLUMNS = {
+    "key_id": Uuid,
+    "day": UTCDateTime,
+    "account_id": Uuid,
+    "allowed": BigInteger,
+    "refused": BigInteger,
+    "rate_limited": BigInteger,
+}
+
+
+def _rollups(
+    counts: dict[tuple[uuid.UUID, uuid.UUID, str, datetime], list[int]],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The batch's counts by account, hour and endpoint, and by key and day."""
+    hours: dict[tuple[uuid.UUID, datetime, str], list[int]] = {}
+    days: dict[tuple[uuid.UUID, datetime, uuid.UUID], list[int]] = {}
+    for (key_id, account_id, endpoint, hour), counted in counts.items():
+        day = hour.replace(hour=0)
+        for totals in (
+            hours.setdefault((account_id, hour, endpoint), [0, 0, 0]),
+            days.setdefault((key_id, day, account_id), [0, 0, 0]),
+        ):
+            for i, n in enumerate(counted):
+                totals[i] += n
+    return (
+        [(*rollup, *totals) for rollup, totals in hours.items()],
+        [(*rollup, *totals) for rollup, totals in days.items()],
+    )
+
+
+def _account_hours(dialect: str) -> JsonRows:
+    return JsonRows(dialect, _ACCOUNT_HOUR_COLUMNS, name="hourly", param="hourly")
+
+
+def _key_days(dialect: str) -> JsonRows:
+    return JsonRows(dialect, _KEY_DAY_COLUMNS, name="daily", param="daily")
+
+
+def _adding(table: Table, statement: Any) -> dict[str, Any]:
+    return {
+        name: table.c[name] + getattr(statement.excluded, name)
+        for name in ("allowed", "refused", "rate_limited")
+    }
+
+
+@functools.cache
+def _account_hours_statement(dialect: str) -> Any:
+    """The accounts' hourly rollup, added to in one statement, rows locked in key order."""
+    counted = _account_hours(dialect).table()
+    table = typing.cast(Table, UsageAccountHour.__table__)
+    rows = (
+        select(*counted.c)
+        .where(counted.c.account_id.in_(select(Account.id)))
+        .order_by(counted.c.account_id, counted.c.hour, counted.c.endpoint)
+    )
+    statement = dialect_upsert(dialect, table).from_select(list(_ACCOUNT_HOUR_COLUMNS), rows)
+    return statement.on_conflict_do_update(
+        index_elements=["account_id", "hour", "endpoint"], set_=_adding(table, statement)
+    )
+
+
+@functools.cache
+def _key_days_statement(dialect: str) -> Any:
+    """The keys' daily rollup, added to in one statement; a deleted key's is not kept."""
+    counted = _key_days(dialect).table()
+    table = typing.cast(Table, UsageKeyDay.__table__)
+    rows = (
+        select(*counted.c)
+        .where(counted.c.key_id.in_(select(ApiKey.id)))
+        .order_by(counted.c.key_id, counted.c.day)
+    )
+    statement = dialect_upsert(dialect, table).from_select(list(_KEY_DAY_COLUMNS), rows)
+    return statement.on_conflict_do_update(
+        index_elements=["key_id", "day"], set_=_adding(table, statement)
+    )
 
 
 def _touches(dialect: str) -> JsonRows:

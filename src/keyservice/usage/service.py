@@ -14,7 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.config import Settings
 from keyservice.errors import ValidationFailed
-from keyservice.models import ApiKey, Application, UsageCounter, utcnow
+from keyservice.models import (
+    ApiKey,
+    Application,
+    UsageAccountHour,
+    UsageCounter,
+    UsageKeyDay,
+    utcnow,
+)
 from keyservice.ratelimit import buckets
 from keyservice.ratelimit.limiter import Limiter
 from keyservice.ratelimit.policy import Limits, effective_limits
@@ -75,18 +82,22 @@ def window(
     return start, end
 
 
+def _sums(table: Any) -> tuple[Any, Any, Any]:
+    return func.sum(table.allowed), func.sum(table.refused), func.sum(table.rate_limited)
+
+
 async def _counts(
-    session: AsyncSession, scope: ColumnElement[bool], now: datetime
+    session: AsyncSession, table: Any, scope: ColumnElement[bool], now: datetime
 ) -> tuple[Counts, Counts]:
     hour = now.replace(minute=0, second=0, microsecond=0)
-    recent = UsageCounter.hour >= hour
-    columns = (UsageCounter.allowed, UsageCounter.refused, UsageCounter.rate_limited)
+    recent = table.hour >= hour
+    columns = (table.allowed, table.refused, table.rate_limited)
     row = (
         await session.execute(
             select(
                 *(func.coalesce(func.sum(case((recent, c), else_=0)), 0) for c in columns),
                 *(func.coalesce(func.sum(c), 0) for c in columns),
-            ).where(scope, UsageCounter.hour >= month_start(now))
+            ).where(scope, table.hour >= month_start(now))
         )
     ).one()
     return _counts_of(row[:3]), _counts_of(row[3:])
@@ -99,15 +110,16 @@ def _counts_of(values: Sequence[Any]) -> Counts:
 
 async def _series(
     session: AsyncSession,
+    table: Any,
     scope: ColumnElement[bool],
     granularity: Granularity,
     start: datetime,
     end: datetime,
 ) -> Series:
     rows = await session.execute(
-        select(UsageCounter.hour, *_SUMS)
-        .where(scope, UsageCounter.hour >= start, UsageCounter.hour < end)
-        .group_by(UsageCounter.hour)
+        select(table.hour, *_sums(table))
+        .where(scope, table.hour >= start, table.hour < end)
+        .group_by(table.hour)
     )
     step = timedelta(hours=1) if granularity is Granularity.hour else timedelta(days=1)
     points: dict[datetime, list[int]] = {}
@@ -131,13 +143,14 @@ async def _series(
 
 
 async def _top_endpoints(
-    session: AsyncSession, scope: ColumnElement[bool], start: datetime, end: datetime
+    session: AsyncSession, table: Any, scope: ColumnElement[bool], start: datetime, end: datetime
 ) -> list[EndpointCounts]:
+    total = func.sum(table.allowed + table.refused)
     rows = await session.execute(
-        select(UsageCounter.endpoint, *_SUMS)
-        .where(scope, UsageCounter.hour >= start, UsageCounter.hour < end)
-        .group_by(UsageCounter.endpoint)
-        .order_by(_total.desc(), UsageCounter.endpoint)
+        select(table.endpoint, *_sums(table))
+        .where(scope, table.hour >= start, table.hour < end)
+        .group_by(table.endpoint)
+        .order_by(total.desc(), table.endpoint)
         .limit(TOP)
     )
     return [
@@ -156,9 +169,9 @@ async def key_usage(
 ) -> tuple[Counts, Counts, Series, list[EndpointCounts]]:
     start, end = window(granularity, start, end)
     scope = UsageCounter.key_id == key.id
-    hour, month = await _counts(session, scope, utcnow())
-    series = await _series(session, scope, granularity, start, end)
-    return hour, month, series, await _top_endpoints(session, scope, start, end)
+    hour, month = await _counts(session, UsageCounter, scope, utcnow())
+    series = await _series(session, UsageCounter, scope, granularity, start, end)
+    return hour, month, series, await _top_endpoints(session, UsageCounter, scope, start, end)
 
 
 async def account_usage(
@@ -170,22 +183,44 @@ async def account_usage(
     end: datetime | None,
 ) -> tuple[Counts, Counts, Series, list[EndpointCounts], list[KeyCounts]]:
     start, end = window(granularity, start, end)
-    scope = UsageCounter.account_id == account_id
-    hour, month = await _counts(session, scope, utcnow())
-    series = await _series(session, scope, granularity, start, end)
-    top_keys = await session.execute(
-        select(UsageCounter.key_id, ApiKey.name, *_SUMS)
-        .join(ApiKey, ApiKey.id == UsageCounter.key_id)
-        .where(scope, UsageCounter.hour >= start, UsageCounter.hour < end)
-        .group_by(UsageCounter.key_id, ApiKey.name)
-        .order_by(_total.desc(), UsageCounter.key_id)
+    # An account's counts come from its rollups (written with the counters): an account of
+    # thousands of keys is a few thousand rows a month, not millions.
+    scope = UsageAccountHour.account_id == account_id
+    hour, month = await _counts(session, UsageAccountHour, scope, utcnow())
+    series = await _series(session, UsageAccountHour, scope, granularity, start, end)
+    endpoints = await _top_endpoints(session, UsageAccountHour, scope, start, end)
+    return hour, month, series, endpoints, await _top_keys(session, account_id, start, end)
+
+
+async def _top_keys(
+    session: AsyncSession, account_id: uuid.UUID, start: datetime, end: datetime
+) -> list[KeyCounts]:
+    """The busiest keys over ``[start, end)``: from the daily rollup when the range is whole
+    days, from the hourly counters otherwise (a day or two of them)."""
+    table: Any = UsageCounter
+    moment: Any = UsageCounter.hour
+    if start == _floor(start, Granularity.day) and end == _floor(end, Granularity.day):
+        table, moment = UsageKeyDay, UsageKeyDay.day
+    total = func.sum(table.allowed + table.refused)
+    busiest = (
+        select(table.key_id, *_sums(table))
+        .where(table.account_id == account_id, moment >= start, moment < end)
+        .group_by(table.key_id)
+        .order_by(total.desc(), table.key_id)
         .limit(TOP)
+        .subquery()
+    )
+    rows = await session.execute(
+        select(busiest.c.key_id, ApiKey.name, *list(busiest.c)[1:]).join(
+            ApiKey, ApiKey.id == busiest.c.key_id
+        )
     )
     keys = [
         KeyCounts(key_id=key_id, name=name, **_counts_of(sums).model_dump())
-        for key_id, name, *sums in top_keys.all()
+        for key_id, name, *sums in rows.all()
     ]
-    return hour, month, series, await _top_endpoints(session, scope, start, end), keys
+    keys.sort(key=lambda k: (-(k.allowed + k.refused), k.key_id.int))
+    return keys
 
 
 async def quota_remaining(
