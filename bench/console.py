@@ -220,9 +220,8 @@ def measure(admin_url: str, requests: int) -> tuple[list[PageTimes], dict[str, s
                 )
                 started = time.monotonic()
                 fill(url)
-                say(
-                    f"bench console: usage and audit rows written in {time.monotonic() - started:.0f} s"
-                )
+                took = time.monotonic() - started
+                say(f"bench console: usage and audit rows written in {took:.0f} s")
                 paths = pages(api, url)
             secret = session_key(url)
             console = httpx.Client(
