@@ -88,13 +88,16 @@ async def fill(url: str) -> None:
             DAYS * 24,
             list(ENDPOINTS),
         )
-        # The rollups, as the flusher writes them with the counters.
+        # The rollups, as the flusher writes them with the counters (those of the few requests
+        # made so far are rebuilt with the rest).
         await connection.execute(
             """
             INSERT INTO usage_account_hours (account_id, hour, endpoint, allowed, refused,
                                              rate_limited)
             SELECT account_id, hour, endpoint, sum(allowed), sum(refused), sum(rate_limited)
             FROM usage_counters GROUP BY account_id, hour, endpoint
+            ON CONFLICT (account_id, hour, endpoint) DO UPDATE SET allowed = excluded.allowed,
+                refused = excluded.refused, rate_limited = excluded.rate_limited
             """
         )
         await connection.execute(
@@ -103,6 +106,8 @@ async def fill(url: str) -> None:
             SELECT key_id, date_trunc('day', hour, 'UTC'), account_id, sum(allowed),
                    sum(refused), sum(rate_limited)
             FROM usage_counters GROUP BY key_id, date_trunc('day', hour, 'UTC'), account_id
+            ON CONFLICT (key_id, day) DO UPDATE SET allowed = excluded.allowed,
+                refused = excluded.refused, rate_limited = excluded.rate_limited
             """
         )
         await connection.execute(
