@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -304,17 +304,12 @@ def markdown(results: Sequence[PageTimes], rows: dict[str, str], requests: int) 
     return "\n".join(lines) + "\n"
 
 
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _shown(path: str) -> str:
-    """A page's path with its ids shortened."""
-    parts = []
-    for part in path.replace("?", " ?").split("/"):
-        try:
-            uuid.UUID(part.split(" ")[0].split("&")[0].split("=")[-1])
-        except ValueError:
-            parts.append(part)
-        else:
-            parts.append("{id}" + (part.split(" ", 1)[1] if " " in part else ""))
-    return "/".join(parts).replace(" ?", "?")
+    """A page's path with its ids as ``{id}``."""
+    return UUID_RE.sub("{id}", path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from playwright.sync_api import expect
+
 from consoles import ConsoleServer, new_id
 
 
@@ -30,7 +32,7 @@ def test_a_newcomer_signs_in_with_the_printed_password_and_creates_an_app(
             errors.append(message.text)
 
     page.on("console", on_message)
-    assert page.get_by_text("No applications yet").is_visible()
+    expect(page.get_by_text("No applications yet")).to_be_visible()
     page.get_by_role("link", name="Create an app").first.click()
     name = f"Zapier sync {new_id()}"
     page.get_by_label("Name").fill(name)
@@ -39,11 +41,11 @@ def test_a_newcomer_signs_in_with_the_printed_password_and_creates_an_app(
     page.get_by_label("contacts:read").check()
     page.get_by_role("button", name="Create app").click()
     page.wait_for_url("**/console/applications/*")
-    assert page.get_by_role("heading", name=name).is_visible()
-    assert page.get_by_text("Application created").is_visible()
+    expect(page.get_by_role("heading", name=name)).to_be_visible()
+    expect(page.get_by_text("Application created")).to_be_visible()
     page.screenshot(path=screenshots / "application.png", full_page=True)
     page.get_by_role("navigation", name="Sections").get_by_role("link", name="Applications").click()
-    assert page.get_by_role("link", name=name).is_visible()
+    expect(page.get_by_role("link", name=name)).to_be_visible()
     page.screenshot(path=screenshots / "applications.png", full_page=True)
     # No script was refused by the Content-Security-Policy, nothing failed.
     assert errors == []
@@ -56,8 +58,8 @@ def test_a_form_with_mistakes_shows_them_next_to_their_fields(
     page.goto(console_server.url + "/applications/new")
     page.get_by_label("Developer email").fill("not an email")
     page.get_by_role("button", name="Create app").click()
-    assert page.get_by_role("alert").get_by_text("The form has errors").is_visible()
-    assert page.locator("#e-developer_email").is_visible()
+    expect(page.get_by_role("alert").get_by_text("The form has errors")).to_be_visible()
+    expect(page.locator("#e-developer_email")).to_be_visible()
     assert page.get_by_label("Name").get_attribute("aria-invalid") == "true"
 
 

@@ -75,7 +75,7 @@ def test_a_webhook_endpoint_with_a_test_event_and_its_delivery_log(
 ) -> None:
     page = signed_in(browser, console_server, viewport={"width": 1280, "height": 800})
     nav(page, "Webhooks")
-    assert page.get_by_text("No endpoints yet").is_visible()
+    expect(page.get_by_text("No endpoints yet")).to_be_visible()
     page.get_by_role("link", name="Add an endpoint").first.click()
     page.get_by_label("URL").fill(hooks)
     page.get_by_label("Description").fill("Our CRM's receiver")
@@ -110,8 +110,8 @@ def test_a_webhook_endpoint_with_a_test_event_and_its_delivery_log(
             break
         page.wait_for_timeout(500)
         page.reload()
-    assert log.get_by_text("application.created").first.is_visible()
-    assert log.get_by_text("HTTP 200").first.is_visible()
+    expect(log.get_by_text("application.created").first).to_be_visible()
+    expect(log.get_by_text("HTTP 200").first).to_be_visible()
     page.screenshot(path=screenshots / "webhook-deliveries.png", full_page=True)
     nav(page, "Webhooks")
     page.screenshot(path=screenshots / "webhooks.png", full_page=True)
@@ -127,8 +127,8 @@ def test_members_an_invitation_personal_keys_and_the_audit_log(
     page.get_by_label("Role", exact=True).select_option("admin")
     page.get_by_label("Initial password").fill("correct horse battery")
     page.get_by_role("button", name="Add member").click()
-    assert page.get_by_text("Member added").is_visible()
-    assert page.get_by_role("cell", name="dana@example.com", exact=True).is_visible()
+    expect(page.get_by_text("Member added")).to_be_visible()
+    expect(page.get_by_role("cell", name="dana@example.com", exact=True)).to_be_visible()
     page.screenshot(path=screenshots / "members.png", full_page=True)
 
     nav(page, "Personal keys")
@@ -137,15 +137,15 @@ def test_members_an_invitation_personal_keys_and_the_audit_log(
     page.get_by_role("button", name="Create key").click()
     secret = page.get_by_label("The API key").input_value()
     secrets_seen.remember(secret)
-    assert page.get_by_text("it will not be shown again").is_visible()
+    expect(page.get_by_text("it will not be shown again")).to_be_visible()
     page.screenshot(path=screenshots / "personal-keys.png", full_page=True)
 
     nav(page, "Audit log")
-    assert page.get_by_role("cell", name="member.added", exact=True).is_visible()
+    expect(page.get_by_role("cell", name="member.added", exact=True)).to_be_visible()
     page.get_by_label("Action").select_option("key.created")
     # htmx swaps the table in place.
     expect(page.get_by_role("cell", name="member.added", exact=True)).to_have_count(0)
-    assert page.get_by_role("cell", name="key.created", exact=True).first.is_visible()
+    expect(page.get_by_role("cell", name="key.created", exact=True).first).to_be_visible()
     page.screenshot(path=screenshots / "audit.png", full_page=True)
     assert page.errors == []
 

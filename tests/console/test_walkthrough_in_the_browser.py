@@ -37,10 +37,15 @@ def sign_in(browser: Any, server: ConsoleServer, email: str, password: str) -> A
     return page
 
 
-def verify(server: ConsoleServer, key: str) -> httpx.Response:
+def verify(
+    server: ConsoleServer,
+    key: str,
+    scope: str = "contacts:read",
+    endpoint: str = "GET /v1/contacts",
+) -> httpx.Response:
     return httpx.post(
         server.server.base_url + "/v1/verify",
-        json={"key": key, "scopes": ["contacts:read"], "endpoint": "GET /v1/contacts"},
+        json={"key": key, "scopes": [scope], "endpoint": endpoint},
     )
 
 
@@ -67,38 +72,46 @@ def test_from_a_new_application_to_a_revoked_key(
     page.get_by_label("contacts:read").check()
     page.get_by_label("90 days").check()
     page.get_by_role("button", name="Generate key").click()
-    assert page.get_by_text("it will not be shown again").is_visible()
+    expect(page.get_by_text("it will not be shown again")).to_be_visible()
     secret = page.get_by_label("The API key").input_value()
     secrets_seen.remember(secret)
     page.screenshot(path=screenshots / "key-created.png", full_page=True)
     assert verify(console_server, secret).json()["valid"] is True
+    # A few more: allowed on two endpoints, and refused for a scope the key lacks.
+    for n in range(11):
+        verify(console_server, secret, endpoint=("GET /v1/contacts", "POST /v1/contacts")[n % 2])
+    for _ in range(3):
+        assert verify(console_server, secret, scope="deals:write").json()["valid"] is False
     page.get_by_role("link", name="I have copied it").click()
     assert secret not in page.content()
 
-    # The verification on the usage graph (usage is written about once a second).
+    # The verifications on the usage page and its graph (usage is written about once a second).
     nav(page, "Usage")
+    this_hour = page.locator(".stat .value").first
     deadline = time.monotonic() + 30
-    while not page.locator("#usage-chart canvas").count():
-        assert time.monotonic() < deadline, "the verification never reached the usage page"
+    while this_hour.inner_text() != "15":
+        assert time.monotonic() < deadline, "the verifications never reached the usage page"
         time.sleep(0.5)
         page.reload()
-    assert page.locator(".uplot").is_visible()
-    page.get_by_text("The numbers").click()
-    assert page.get_by_role("cell", name="1", exact=True).first.is_visible()
+    expect(page.locator("#usage-chart canvas")).to_have_count(1)
+    expect(page.locator(".uplot")).to_be_visible()
     page.screenshot(path=screenshots / "usage.png", full_page=True)
+    page.get_by_text("The numbers").click()
+    expect(page.get_by_role("cell", name="12", exact=True).first).to_be_visible()
+    expect(page.get_by_role("cell", name="3", exact=True).first).to_be_visible()
 
     # The key's list, filtered, then the key.
     nav(page, "API keys")
     page.get_by_label("Environment").select_option("live")
     # htmx swaps the table in place and puts the filter in the address.
     expect(page).to_have_url(re.compile(r"environment=live"))
-    assert page.get_by_role("link", name="Production Integration").is_visible()
+    expect(page.get_by_role("link", name="Production Integration")).to_be_visible()
     page.screenshot(path=screenshots / "keys.png", full_page=True)
     page.get_by_role("link", name="Production Integration").click()
 
     # Rotated at once: the old secret is refused, the new one works.
     page.get_by_role("link", name="Rotate").click()
-    assert page.get_by_text("must switch to the new one").is_visible()
+    expect(page.get_by_text("must switch to the new one")).to_be_visible()
     page.screenshot(path=screenshots / "key-rotate.png", full_page=True)
     page.get_by_role("button", name="Rotate key").click()
     rotated = page.get_by_label("The API key").input_value()
@@ -111,7 +124,7 @@ def test_from_a_new_application_to_a_revoked_key(
     page.get_by_role("link", name="I have copied it").click()
     page.get_by_role("link", name="Revoke").click()
     page.get_by_role("button", name="Revoke key").click()
-    assert page.get_by_text("refused everywhere from now on").is_visible()
+    expect(page.get_by_text("refused everywhere from now on")).to_be_visible()
     answer = verify(console_server, rotated).json()
     assert answer["valid"] is False
     assert answer["code"] == "REVOKED"
@@ -156,7 +169,7 @@ def test_a_member_sees_no_write_control_and_forged_forms_are_refused(
     no_token = owner_page.request.post(application_url + "/delete", form={}, max_redirects=0)
     assert no_token.status == 403
     owner_page.goto(application_url)
-    assert owner_page.get_by_role("heading", name="Read-only demo").is_visible()
+    expect(owner_page.get_by_role("heading", name="Read-only demo")).to_be_visible()
 
     # Another account's owner, signed in, reaches none of it by URL.
     env = cli_env(console_server.directory)
@@ -197,5 +210,5 @@ def test_a_member_sees_no_write_control_and_forged_forms_are_refused(
     stranger = sign_in(browser, console_server, "other@example.com", "another long password")
     response = stranger.goto(application_url)
     assert response.status == 404
-    assert stranger.get_by_role("heading", name="Not found").is_visible()
+    expect(stranger.get_by_role("heading", name="Not found")).to_be_visible()
     assert "Read-only demo" not in stranger.content()
