@@ -416,42 +416,57 @@ def _key_days(dialect: str) -> JsonRows:
     return JsonRows(dialect, _KEY_DAY_COLUMNS, name="daily", param="daily")
 
 
-def _adding(table: Table, statement: Any) -> dict[str, Any]:
-    return {
-        name: table.c[name] + getattr(statement.excluded, name)
-        for name in ("allowed", "refused", "rate_limited")
-    }
+def _adding_upsert(
+    dialect: str,
+    rows: JsonRows,
+    model: Any,
+    *,
+    owner: tuple[str, Any],
+    order: tuple[str, ...],
+) -> Any:
+    """One upsert of ``rows`` into ``model``'s table, whatever their number (they travel as
+    one JSON parameter), adding their counts to the rows already there; rows whose ``owner``
+    (a column, and the id it must be in) is gone are dropped, and rows are locked in ``order``
+    (the table's key), so that concurrent flushes cannot deadlock."""
+    counted = rows.table()
+    table = typing.cast(Table, model.__table__)
+    column, owners = owner
+    kept = (
+        select(*counted.c)
+        .where(counted.c[column].in_(select(owners)))
+        .order_by(*(counted.c[name] for name in order))
+    )
+    statement = dialect_upsert(dialect, table).from_select(list(counted.c.keys()), kept)
+    return statement.on_conflict_do_update(
+        index_elements=list(order),
+        set_={
+            name: table.c[name] + getattr(statement.excluded, name)
+            for name in ("allowed", "refused", "rate_limited")
+        },
+    )
 
 
 @functools.cache
 def _account_hours_statement(dialect: str) -> Any:
-    """The accounts' hourly rollup, added to in one statement, rows locked in key order."""
-    counted = _account_hours(dialect).table()
-    table = typing.cast(Table, UsageAccountHour.__table__)
-    rows = (
-        select(*counted.c)
-        .where(counted.c.account_id.in_(select(Account.id)))
-        .order_by(counted.c.account_id, counted.c.hour, counted.c.endpoint)
-    )
-    statement = dialect_upsert(dialect, table).from_select(list(_ACCOUNT_HOUR_COLUMNS), rows)
-    return statement.on_conflict_do_update(
-        index_elements=["account_id", "hour", "endpoint"], set_=_adding(table, statement)
+    """The accounts' hourly rollup."""
+    return _adding_upsert(
+        dialect,
+        _account_hours(dialect),
+        UsageAccountHour,
+        owner=("account_id", Account.id),
+        order=("account_id", "hour", "endpoint"),
     )
 
 
 @functools.cache
 def _key_days_statement(dialect: str) -> Any:
-    """The keys' daily rollup, added to in one statement; a deleted key's is not kept."""
-    counted = _key_days(dialect).table()
-    table = typing.cast(Table, UsageKeyDay.__table__)
-    rows = (
-        select(*counted.c)
-        .where(counted.c.key_id.in_(select(ApiKey.id)))
-        .order_by(counted.c.key_id, counted.c.day)
-    )
-    statement = dialect_upsert(dialect, table).from_select(list(_KEY_DAY_COLUMNS), rows)
-    return statement.on_conflict_do_update(
-        index_elements=["key_id", "day"], set_=_adding(table, statement)
+    """The keys' daily rollup; a key deleted since it was counted has none to keep."""
+    return _adding_upsert(
+        dialect,
+        _key_days(dialect),
+        UsageKeyDay,
+        owner=("key_id", ApiKey.id),
+        order=("key_id", "day"),
     )
 
 
@@ -463,21 +478,12 @@ def _touches(dialect: str) -> JsonRows:
 def _count_statement(dialect: str) -> Any:
     """One multi-row upsert of counters, whatever their number: the rows travel as one JSON
     parameter. A key deleted since it was counted has no counters to keep."""
-    counted = _counts(dialect).table()
-    table = typing.cast(Table, UsageCounter.__table__)
-    rows = (
-        select(*counted.c)
-        .where(counted.c.key_id.in_(select(ApiKey.id)))
-        .order_by(counted.c.key_id, counted.c.endpoint, counted.c.hour)
-    )
-    statement = dialect_upsert(dialect, table).from_select(list(_COUNT_COLUMNS), rows)
-    return statement.on_conflict_do_update(
-        index_elements=["key_id", "endpoint", "hour"],
-        set_={
-            "allowed": table.c.allowed + statement.excluded.allowed,
-            "refused": table.c.refused + statement.excluded.refused,
-            "rate_limited": table.c.rate_limited + statement.excluded.rate_limited,
-        },
+    return _adding_upsert(
+        dialect,
+        _counts(dialect),
+        UsageCounter,
+        owner=("key_id", ApiKey.id),
+        order=("key_id", "endpoint", "hour"),
     )
 
 
