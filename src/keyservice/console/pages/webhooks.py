@@ -3,24 +3,28 @@ attempt, the delivery log, redelivery and replay."""
 
 from __future__ import annotations
 
+import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyservice.config import SettingsDep
+from keyservice.config import Settings, SettingsDep
 from keyservice.console import web
 from keyservice.db import SessionDep
-from keyservice.errors import KeyServiceError, ValidationFailed
+from keyservice.errors import KeyServiceError
 from keyservice.events import service as events
 from keyservice.events.product import ProductCatalogue
+from keyservice.models import WebhookEndpoint
 from keyservice.pagination import DEFAULT_PAGE_SIZE, PageParams
 from keyservice.secretbox import SecretBox
 from keyservice.webhooks import service
-from keyservice.webhooks.schemas import EndpointCreate, EndpointUpdate, TestEvent
+from keyservice.webhooks.schemas import EndpointCreate, EndpointUpdate, Replay, TestEvent
 from keyservice.webhooks.ssrf import Policy
 
 router = APIRouter(prefix="/webhooks")
@@ -28,6 +32,10 @@ router = APIRouter(prefix="/webhooks")
 Reader = Annotated[web.Visitor, Depends(web.requires("keyservice:webhooks:read"))]
 Writer = Annotated[web.Visitor, Depends(web.requires("keyservice:webhooks:write"))]
 WRITE = "keyservice:webhooks:write"
+
+STATUSES = ("pending", "delivered", "failed")
+# The API's filter, digits included: a product's event types may have them.
+EVENT_TYPE_FILTER = r"^[a-z0-9_.]*$"
 
 
 def _product(request: Request) -> ProductCatalogue:
@@ -45,13 +53,51 @@ def _policy(request: Request) -> Policy:
     return policy
 
 
-def event_groups(request: Request) -> list[tuple[str, list[str]]]:
-    """The deployment's event types as the form's checkbox groups."""
-    own = [t.name for t in events.event_types()]
-    return [
-        ("keyservice", own),
-        ("Your product", sorted(_product(request).names())),
+@dataclass(frozen=True, slots=True)
+class EventChoice:
+    name: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventGroup:
+    title: str
+    types: list[EventChoice]
+
+
+def _first_sentence(text: str) -> str:
+    """The gist of a type's description, for a line under its checkbox."""
+    sentence = text.split(": ", 1)[0].split(". ", 1)[0].rstrip(".")
+    return re.sub(r"\s*\([^)]*\)", "", sentence).replace("`", "")
+
+
+def event_groups(request: Request) -> list[EventGroup]:
+    """The deployment's event types, keyservice's own by resource, then the product's."""
+    groups: dict[str, list[EventChoice]] = {}
+    titles = {
+        "key": "API keys",
+        "application": "Applications",
+        "member": "Members",
+        "usage": "Usage",
+        "webhook": "Webhooks",
+    }
+    for kind in events.event_types():
+        title = titles.get(kind.name.partition(".")[0], "keyservice")
+        groups.setdefault(title, []).append(
+            EventChoice(kind.name, _first_sentence(kind.description))
+        )
+    product = [
+        EventChoice(t.name, str((t.schema or {}).get("description", "")))
+        for t in sorted(_product(request).types, key=lambda t: t.name)
     ]
+    return [
+        *(EventGroup(title, types) for title, types in groups.items()),
+        EventGroup("Your product's events", product),
+    ]
+
+
+def _type_names(request: Request) -> list[str]:
+    return [t.name for group in event_groups(request) for t in group.types]
 
 
 async def _fields(request: Request) -> dict[str, Any]:
@@ -68,7 +114,7 @@ def _form_page(
     visitor: web.Visitor,
     *,
     values: dict[str, Any],
-    endpoint: Any = None,
+    endpoint: WebhookEndpoint | None = None,
     problem: web.Problem | None = None,
 ) -> Response:
     return web.render(
@@ -83,10 +129,35 @@ def _form_page(
     )
 
 
+def _field_problem(error: KeyServiceError) -> web.Problem:
+    """The API's problem, its message under the field it names (``url``, ``event_types.2``)."""
+    problem = web.Problem.of(error)
+    field = str(error.extensions.get("field") or "")
+    if field and not problem.fields:
+        name = field.split(".")[0]
+        problem.fields[name] = error.detail.removeprefix(f"{field}: ")
+    return problem
+
+
+def duration(seconds: float) -> str:
+    """A setting's length of time in words: ``5 days``, ``24 hours``, ``90 minutes``."""
+    unit, size = next(
+        ((u, s) for u, s in (("day", 86400), ("hour", 3600), ("minute", 60)) if seconds >= 2 * s),
+        ("second", 1),
+    )
+    amount = f"{round(seconds / size, 1):g}"
+    return f"{amount} {unit}{'' if amount == '1' else 's'}"
+
+
+def _disable_after(settings: Settings) -> str:
+    return duration(settings.webhook_disable_after_seconds)
+
+
 @router.get("")
 async def list_endpoints(
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     visitor: Reader,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
@@ -101,6 +172,7 @@ async def list_endpoints(
         visitor,
         endpoints=endpoints,
         next_cursor=next_cursor,
+        disable_after=_disable_after(settings),
         can_write=visitor.can(WRITE),
     )
 
@@ -127,29 +199,18 @@ async def create_endpoint(request: Request, session: SessionDep, visitor: Writer
     except ValidationError as error:
         return _form_page(request, visitor, values=values, problem=web.Problem.of_validation(error))
     except KeyServiceError as error:
-        problem = _field_problem(error)
-        return await web.undone(
-            session, _form_page(request, visitor, values=values, problem=problem)
-        )
+        page = _form_page(request, visitor, values=values, problem=_field_problem(error))
+        return await web.undone(session, page)
     return web.render(
         request, "webhooks/secret.html", visitor, endpoint=endpoint, secret=secret, rotated=False
     )
-
-
-def _field_problem(error: KeyServiceError) -> web.Problem:
-    problem = web.Problem.of(error)
-    if not problem.fields:
-        # The API's problem names the field in its type: the URL's or the event types'.
-        field = "url" if "url" in error.slug else "event_types" if "event" in error.slug else None
-        if field:
-            problem.fields[field] = error.detail
-    return problem
 
 
 @router.get("/{endpoint_id}")
 async def show_endpoint(
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     visitor: Reader,
     endpoint_id: uuid.UUID,
     saved: Annotated[str | None, Query(max_length=20)] = None,
@@ -157,13 +218,16 @@ async def show_endpoint(
     endpoint = await service.get_endpoint(
         session, account_id=visitor.account_id, endpoint_id=endpoint_id
     )
+    subscribed = list(endpoint.event_types)
     return web.render(
         request,
         "webhooks/show.html",
         visitor,
         endpoint=endpoint,
         saved=saved,
-        types=[name for _, names in event_groups(request) for name in names],
+        groups=event_groups(request),
+        chosen=subscribed[0] if subscribed else "key.created",
+        disable_after=_disable_after(settings),
         can_write=visitor.can(WRITE),
     )
 
@@ -239,7 +303,19 @@ async def confirm_rotate(
     endpoint = await service.get_endpoint(
         session, account_id=visitor.account_id, endpoint_id=endpoint_id
     )
-    hours = settings.webhook_secret_grace_seconds / 3600
+    if settings.webhook_secret_grace_seconds > 0:
+        old = (
+            "The current secret keeps signing beside the new one for "
+            f"{duration(settings.webhook_secret_grace_seconds)} "
+            "(both signatures are in the webhook-signature header), so that your receiver "
+            "can switch without refusing a delivery. After that, a receiver that still "
+            "verifies with the current secret refuses every delivery."
+        )
+    else:
+        old = (
+            "The current secret stops signing at once: a receiver that still verifies with "
+            "it refuses every delivery from now on."
+        )
     return web.render(
         request,
         "confirm.html",
@@ -247,10 +323,9 @@ async def confirm_rotate(
         section="webhooks",
         title="Rotate the signing secret?",
         consequences=[
-            "A new secret signs every delivery from now on; it is shown once, on the next page.",
-            f"The current secret keeps signing beside it for {hours:g} hours (both signatures "
-            "are in the webhook-signature header); after that, a receiver that still verifies "
-            "with it refuses every delivery.",
+            f"A new secret signs every delivery to {endpoint.url} from now on. It is shown "
+            "once, on the next page.",
+            old,
         ],
         action=f"/webhooks/{endpoint.id}/rotate-secret",
         button="Rotate secret",
@@ -293,7 +368,7 @@ async def confirm_delete(
         title="Delete this endpoint?",
         consequences=[
             f"Nothing more is sent to {endpoint.url}; messages waiting for it are dropped.",
-            "Its delivery history goes with it. This cannot be undone.",
+            "Its delivery log goes with it. This cannot be undone.",
         ],
         action=f"/webhooks/{endpoint.id}/delete",
         button="Delete endpoint",
@@ -332,8 +407,10 @@ async def send_test(
         )
     except ValidationError as error:
         problem = web.Problem.of_validation(error)
-    except ValidationFailed as error:
-        problem = web.Problem.of(error)
+    except KeyServiceError as error:
+        if error.status != 422:
+            raise
+        problem = _field_problem(error)
     partial = request.headers.get("HX-Request")
     template = "webhooks/_test_result.html" if partial else "webhooks/test.html"
     return web.render(
@@ -349,19 +426,23 @@ async def send_test(
     )
 
 
-STATUSES = ("pending", "delivered", "failed")
+# The delivery log
+
+Status = Literal["pending", "delivered", "failed"]
 
 
-@router.get("/{endpoint_id}/deliveries")
-async def deliveries(
+async def _deliveries_page(
     request: Request,
-    session: SessionDep,
-    visitor: Reader,
+    session: AsyncSession,
+    visitor: web.Visitor,
     endpoint_id: uuid.UUID,
-    status: Annotated[Literal["pending", "delivered", "failed"] | None, web.Blank, Query()] = None,
-    event_type: Annotated[str | None, Query(max_length=64, pattern=r"^[a-z_.]*$")] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    saved: Annotated[str | None, Query(max_length=40)] = None,
+    *,
+    status: Status | None = None,
+    event_type: str | None = None,
+    cursor: str | None = None,
+    saved: str | None = None,
+    problem: web.Problem | None = None,
+    since: str = "",
 ) -> Response:
     endpoint = await service.get_endpoint(
         session, account_id=visitor.account_id, endpoint_id=endpoint_id
@@ -374,19 +455,60 @@ async def deliveries(
         status=status,
         event_type=event_type or None,
     )
+    filters = {"status": status or "", "event_type": event_type or ""}
     return web.render(
         request,
         "webhooks/deliveries.html",
         visitor,
+        status_code=problem.status if problem else 200,
         endpoint=endpoint,
         messages=messages,
         next_cursor=next_cursor,
-        filters={"status": status or "", "event_type": event_type or ""},
+        cursor=cursor,
+        filters=filters,
         statuses=STATUSES,
-        types=[name for _, names in event_groups(request) for name in names],
+        types=_type_names(request),
         saved=saved,
+        problem=problem,
+        since=since,
         can_write=visitor.can(WRITE),
     )
+
+
+@router.get("/{endpoint_id}/deliveries")
+async def deliveries(
+    request: Request,
+    session: SessionDep,
+    visitor: Reader,
+    endpoint_id: uuid.UUID,
+    status: Annotated[Status | None, web.Blank, Query()] = None,
+    # An empty event type, "any", passes the pattern and reads as no filter below.
+    event_type: Annotated[str | None, Query(max_length=64, pattern=EVENT_TYPE_FILTER)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    saved: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
+    return await _deliveries_page(
+        request,
+        session,
+        visitor,
+        endpoint_id,
+        status=status,
+        event_type=event_type,
+        cursor=cursor,
+        saved=saved,
+    )
+
+
+def _back_to_log(endpoint_id: uuid.UUID, form: Any, saved: str) -> str:
+    """The log as it was filtered when the form was sent, with what was done."""
+    query = [f"saved={saved}"]
+    status = str(form.get("status", ""))
+    if status in STATUSES:
+        query.append(f"status={status}")
+    event_type = str(form.get("event_type", ""))
+    if event_type and len(event_type) <= 64 and re.fullmatch(EVENT_TYPE_FILTER, event_type):
+        query.append(f"event_type={event_type}")
+    return f"/webhooks/{endpoint_id}/deliveries?" + "&".join(query)
 
 
 @router.post("/{endpoint_id}/deliveries/{message_id}/redeliver")
@@ -400,23 +522,44 @@ async def redeliver(
     await service.redeliver(
         session, visitor.principal, endpoint_id=endpoint_id, message_id=message_id
     )
-    return web.redirect(request, f"/webhooks/{endpoint_id}/deliveries?saved=redelivered")
+    form = await request.form()
+    return web.redirect(request, _back_to_log(endpoint_id, form, "redelivered"))
+
+
+def since_of(local: str, offset_minutes: str) -> datetime:
+    """A moment picked in a ``datetime-local`` field, as UTC: the browser's offset from UTC at
+    that moment (``Date.getTimezoneOffset()``, minutes, UTC = local + offset) comes with the
+    form; without it, the field was in UTC, as the page then says. ``ValueError`` if either
+    is not one."""
+    moment = datetime.fromisoformat(local)
+    if moment.tzinfo is not None:
+        raise ValueError("a local time has no offset")
+    offset = int(offset_minutes or 0)
+    if not -16 * 60 <= offset <= 16 * 60:
+        raise ValueError("no time zone is that far from UTC")
+    return moment.replace(tzinfo=UTC) + timedelta(minutes=offset)
 
 
 @router.post("/{endpoint_id}/replay")
 async def replay(
     request: Request, session: SessionDep, visitor: Writer, endpoint_id: uuid.UUID
 ) -> Response:
-    """Every failed message since a moment of the browser's clock (its offset from UTC comes
-    with the form)."""
+    """Every failed message since a moment of the browser's clock."""
     form = await request.form()
+    since = str(form.get("since", "")).strip()
     try:
-        local = datetime.fromisoformat(str(form.get("since", "")))
-        offset = max(-900, min(900, int(str(form.get("tz_offset", "0")) or 0)))
-        since = local.replace(tzinfo=UTC) + timedelta(minutes=offset)
-    except ValueError:
-        raise ValidationFailed("Choose when the failures began") from None
+        body = Replay(since=since_of(since, str(form.get("tz_offset", "0")).strip()))
+    except (ValueError, ValidationError):
+        problem = web.Problem(
+            title="The form has errors",
+            detail="Correct the fields marked below.",
+            status=422,
+            fields={"since": "Choose the date and time from which to replay the failures."},
+        )
+        return await _deliveries_page(
+            request, session, visitor, endpoint_id, problem=problem, since=since
+        )
     replayed = await service.replay(
-        session, visitor.principal, endpoint_id=endpoint_id, since=since
+        session, visitor.principal, endpoint_id=endpoint_id, since=body.since
     )
-    return web.redirect(request, f"/webhooks/{endpoint_id}/deliveries?saved=replayed-{replayed}")
+    return web.redirect(request, _back_to_log(endpoint_id, form, f"replayed-{replayed}"))
