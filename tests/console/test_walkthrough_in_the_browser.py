@@ -111,7 +111,7 @@ def test_from_a_new_application_to_a_revoked_key(
 
     # Rotated at once: the old secret is refused, the new one works.
     page.get_by_role("link", name="Rotate").click()
-    expect(page.get_by_text("must switch to the new one")).to_be_visible()
+    expect(page.get_by_text("must be given the new one")).to_be_visible()
     page.screenshot(path=screenshots / "key-rotate.png", full_page=True)
     page.get_by_role("button", name="Rotate key").click()
     rotated = page.get_by_label("The API key").input_value()

@@ -4,8 +4,10 @@ revoke."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -13,14 +15,15 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from keyservice.applications import service as applications_service
-from keyservice.config import SettingsDep
+from keyservice.config import Settings, SettingsDep
 from keyservice.console import web
 from keyservice.db import SessionDep
-from keyservice.errors import KeyServiceError, ValidationFailed
+from keyservice.errors import InvalidScope, KeyServiceError, ValidationFailed
 from keyservice.keys import service
 from keyservice.keys.schemas import KeyCreate, KeyRotate
-from keyservice.models import Application, KeyKind, KeyStatus
+from keyservice.models import ApiKey, Application, KeyKind, KeyStatus
 from keyservice.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageParams
+from keyservice.ratelimit.policy import effective_limits
 from keyservice.scopes import catalogue
 from keyservice.security import Environment
 
@@ -33,11 +36,18 @@ WRITE = "keyservice:keys:write"
 EXPIRY_CHOICES = (("30d", "30 days"), ("90d", "90 days"), ("180d", "180 days"), ("never", "Never"))
 PERIODS = (("1", "second"), ("60", "minute"), ("3600", "hour"), ("86400", "day"))
 GRACE_CHOICES = (
-    ("0", "Immediately: the old secret stops working now"),
-    ("3600", "After 1 hour"),
-    ("86400", "After 24 hours"),
-    ("604800", "After 7 days"),
+    ("3600", "1 hour"),
+    ("86400", "24 hours"),
+    ("259200", "3 days"),
+    ("604800", "7 days"),
 )
+PERIOD_NAMES = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
+
+
+def per_period(seconds: int | None) -> str:
+    """ "per minute", or "per 300 seconds" for a period a form does not offer."""
+    seconds = seconds or 1
+    return f"per {PERIOD_NAMES[seconds]}" if seconds in PERIOD_NAMES else f"per {seconds} seconds"
 
 
 async def _applications(session: SessionDep, visitor: web.Visitor) -> list[Application]:
@@ -85,6 +95,8 @@ async def list_keys(
         names={a.id: a.name for a in applications},
         filters=filters,
         filtered=any(filters.values()),
+        filter_query=urlencode({name: value for name, value in filters.items() if value}),
+        paged=cursor is not None,
         can_write=visitor.can(WRITE),
     )
 
@@ -150,11 +162,6 @@ async def new_key(
     )
 
 
-def _optional_int(form: FormData, name: str) -> int | str | None:
-    raw = str(form.get(name, "")).strip()
-    return (int(raw) if raw.isdigit() else raw) if raw else None
-
-
 def _key_request(form: FormData, values: dict[str, Any]) -> KeyCreate:
     """The API's request body, from the form's fields (so that both are checked alike)."""
     body: dict[str, Any] = {
@@ -189,6 +196,27 @@ def _key_request(form: FormData, values: dict[str, Any]) -> KeyCreate:
     if values["monthly_quota"]:
         body["monthly_quota"] = values["monthly_quota"]
     return KeyCreate.model_validate(body)
+
+
+# The form's fields of the API's rate_limit object.
+RATE_FIELDS = {"limit": "rate_limit", "period_seconds": "rate_period", "burst": "rate_burst"}
+
+
+def _form_problem(error: ValidationError) -> web.Problem:
+    """The API's validation errors, each next to the form's field it concerns."""
+    problem = web.Problem.of_validation(error)
+    fields = dict(problem.fields)
+    # The rate limit is one object in the API, three fields here.
+    first = next((e["loc"] for e in error.errors() if e["loc"][:1] == ("rate_limit",)), None)
+    if first and len(first) > 1 and str(first[1]) in RATE_FIELDS:
+        fields[RATE_FIELDS[str(first[1])]] = fields.pop("rate_limit")
+    # KeyCreate's checks of the whole body are all about the expiry.
+    message = fields.pop("form", None)
+    if message is not None:
+        fields["expires_on"] = message.replace("Expires_at", "The expiry").replace(
+            "expires_at", "the expiry"
+        )
+    return replace(problem, fields=fields)
 
 
 @router.post("")
@@ -233,7 +261,11 @@ async def create_key(
             prefix=settings.key_prefix,
         )
     except ValidationError as error:
-        problem = web.Problem.of_validation(error)
+        problem = _form_problem(error)
+    except InvalidScope as error:
+        problem = web.Problem.of(error)
+        # The scope's own words, next to the scopes' checkboxes.
+        problem = replace(problem, fields={**problem.fields, "scopes": error.detail + "."})
     except KeyServiceError as error:
         problem = web.Problem.of(error)
     else:
@@ -260,23 +292,70 @@ async def create_key(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A limit that applies to a key, in words, and whose it is."""
+
+    text: str
+    source: str
+
+
+def limits_of(
+    settings: Settings, key: ApiKey, application: Application | None
+) -> tuple[Limit | None, Limit | None]:
+    """The rate limit and the quota that apply to ``key``: its own, else its application's,
+    else the deployment's, as verification applies them."""
+    limits = effective_limits(settings, key, application)
+
+    def source(field: str) -> str:
+        if getattr(key, field) is not None:
+            return "this key's own"
+        if application is not None and getattr(application, field) is not None:
+            return "the application's"
+        return "the deployment's default"
+
+    rate, quota = limits.rate, limits.monthly_quota
+    return (
+        Limit(
+            f"{rate.limit:,} requests {per_period(rate.period_seconds)}, bursts of {rate.burst:,}",
+            source("rate_limit"),
+        )
+        if rate
+        else None,
+        Limit(f"{quota:,} requests", source("monthly_quota")) if quota else None,
+    )
+
+
 @router.get("/{key_id}")
 async def show_key(
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     visitor: Reader,
     key_id: uuid.UUID,
     saved: Annotated[str | None, Query(max_length=20)] = None,
 ) -> Response:
     key = await service.get_key(session, visitor.principal, key_id)
     application = await service.get_application_of(session, key)
+    now = datetime.now(UTC)
+    status = key.status_at(now)
+    # A secret kept by a rotation's grace period, while it still works.
+    previous_until = (
+        key.previous_expires_at
+        if status is KeyStatus.active
+        and key.previous_expires_at is not None
+        and key.previous_expires_at > now
+        else None
+    )
     return web.render(
         request,
         "keys/show.html",
         visitor,
         section="keys",
         key=key,
-        status=key.status_at(datetime.now(UTC)).value,
+        status=status.value,
+        previous_until=previous_until,
+        limits=limits_of(settings, key, application),
         application=application,
         saved=saved,
         can_write=visitor.can(WRITE),
