@@ -110,6 +110,9 @@ class Phase:
     def rate(self) -> float:
         return self.deliveries / self.elapsed
 
+    def publish_ms(self) -> list[float]:
+        return sorted((p.answered - p.sent) * 1000 for p in self.published.values())
+
     def latencies_ms(self, since_answer: bool = False) -> list[float]:
         if since_answer:
             return sorted(
@@ -390,6 +393,8 @@ def rows(result: Result) -> list[str]:
         "p50 from answer",
         "p99 from answer",
         "server CPU",
+        "publish p50",
+        "publish p99",
         "repeats",
     ]
     lines = [
@@ -411,6 +416,8 @@ def rows(result: Result) -> list[str]:
             _ms(percentile(answer, 0.5)),
             _ms(percentile(answer, 0.99)),
             f"{phase.server_cpu_seconds / phase.elapsed:.0%}",
+            _ms(percentile(phase.publish_ms(), 0.5)),
+            _ms(percentile(phase.publish_ms(), 0.99)),
             str(phase.duplicates),
         ]
         lines.append("| " + " | ".join(cells) + " |")

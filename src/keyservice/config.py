@@ -196,7 +196,14 @@ class Settings(BaseSettings):
         "SQLite). On PostgreSQL a commit's NOTIFY wakes the workers at once.",
     )
     webhook_batch_size: int = Field(
-        default=50, ge=1, le=1000, description="Messages a worker claims, and sends at once."
+        default=50, ge=1, le=1000, description="Messages a worker claims at once."
+    )
+    webhook_max_in_flight: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description="Deliveries a worker has under way at once, at most (at least a batch): it "
+        "claims a batch more whenever it has room for one.",
     )
 
     webhook_disable_after_seconds: float = Field(
