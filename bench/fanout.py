@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -73,6 +74,8 @@ class Phase:
     # (arrival, endpoint path, webhook-id, seq, event timestamp)
     arrivals: list[tuple[float, str, str, int, float]] = field(default_factory=list)
     server_cpu_seconds: float = 0.0
+    # The machine's load average (1 minute) when the phase began: others' work shows in it.
+    load_average: float = 0.0
     # The messages as the database has them afterwards: by status, and their attempts.
     statuses: dict[str, int] = field(default_factory=dict)
     attempts: int = 0
@@ -320,6 +323,7 @@ def run_phase(
         f"({what})"
     )
     before_statuses, before_attempts = database_counts(url)
+    phase.load_average = os.getloadavg()[0]
     cpu = server.cpu_seconds()
     failures = asyncio.run(publish(server.base_url, key, phase, per_second=per_second))
     collect(receiver_url, phase)
@@ -465,8 +469,9 @@ def section(result: Result, *, command: str, date: str, machine: dict[str, str])
         f"- Software: {machine['software']}",
         "- Instance: one, started as `keyservice serve` starts it (production mode, a JSON line "
         "per request, metrics on), with `KEYSERVICE_WEBHOOK_ALLOWED_NETWORKS=127.0.0.1/32` so "
-        "that it may deliver to a local receiver, and the default delivery settings "
-        "(`KEYSERVICE_WEBHOOK_BATCH_SIZE` 50); pinned like the server above, PostgreSQL not",
+        "that it may deliver to a local receiver, and the default delivery settings (up to "
+        "200 deliveries under way, `KEYSERVICE_WEBHOOK_MAX_IN_FLIGHT`, claimed 50 at a time, "
+        "`KEYSERVICE_WEBHOOK_BATCH_SIZE`); pinned like the server above, PostgreSQL not",
         f"- Endpoints: {result.endpoints}, each subscribed to `{EVENT_TYPE}` and pointing at "
         "bench/receiver.py (an HTTP/1.1 server on asyncio and uvloop, in a process of its own "
         "pinned like the load generator), which answers 204 at once and records when each "
@@ -491,9 +496,12 @@ def section(result: Result, *, command: str, date: str, machine: dict[str, str])
         f"- Messages in the database afterwards: {statuses}; attempts: "
         f"{sum(p.attempts for p in result.phases.values()):,} (one per message: no retries). "
         "Repeats: deliveries that arrived more than once (at least once allows them).",
-        "- Noise: the machine has 2 cores shared by the instance, PostgreSQL, the receiver and "
-        "the publishers, and other work ran on it meanwhile; the figures move by tens of percent "
-        f"between runs. The steady phase's {steady.deliveries:,} deliveries took "
+        f"- Noise: the machine has {os.cpu_count()} CPUs, shared by the instance, PostgreSQL, "
+        "the receiver and the publishers, and by whatever else runs on it (load average when "
+        "the phases began: "
+        + ", ".join(f"{p.name} {p.load_average:.1f}" for p in result.phases.values())
+        + "); the figures move by tens of percent between runs, so the goals are read with a "
+        f"margin. The steady phase's {steady.deliveries:,} deliveries took "
         f"{steady.elapsed:.1f} s for {steady.publish_seconds:.1f} s of publishing.",
         *(f"- Problem: {problem}" for problem in result.problems),
     ]
