@@ -11,7 +11,8 @@ help:
 	@echo "make run        install, migrate the embedded SQLite database and serve on :$(PORT)"
 	@echo "make test       install dev dependencies and run the suite (SQLite and PostgreSQL, and the Python client's)"
 	@echo "make lint       ruff (lint + format check), mypy --strict, import-linter's contracts"
-	@echo "make bench      benchmark /v1/verify (rate limits, usage, two instances) on PostgreSQL (docs/performance.md)"
+	@echo "make bench      benchmark /v1/verify (rate limits, usage, two instances) and the webhook fan-out on PostgreSQL (docs/performance.md)"
+	@echo "                BENCH_ARGS=\"--only fanout\" or \"--only verify\": one part alone"
 	@echo "make openapi    regenerate openapi/openapi.json"
 	@echo "make screenshots  the console's pages, taken by its browser tests, into docs/console"
 	@echo "make migrate    apply migrations to KEYSERVICE_DATABASE_URL (default ./keyservice.db)"
@@ -73,7 +74,8 @@ screenshots: install-dev
 
 # Needs PostgreSQL (KEYSERVICE_BENCH_POSTGRES_URL, default postgres@127.0.0.1:5432) and wrk,
 # installed from the OS packages when missing, as .ci/run installs nginx; about two minutes.
-# Options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--seconds 5".
+# Options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--seconds 5", or "--only fanout" for
+# the webhook fan-out alone (it needs no wrk).
 bench: install
 	@if ! command -v wrk >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null 2>&1 || echo "wrk could not be installed"; \

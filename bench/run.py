@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import BenchError, accuracy, say, wrk
+from bench import BenchError, accuracy, fanout, say, wrk
 from bench.database import create_keys, database, fetch, prepare, usage
 from bench.instance import ROOT, Server, serve
 from bench.report import Goal, Report, Run, Summary, latency, machine, per_1000, summarise
@@ -28,6 +29,9 @@ from keyservice.ratelimit.limiter import RENEW_AHEAD
 from keyservice.ratelimit.policy import LONG_LEASE_SECONDS
 
 POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+# The parts of a run (--only): /v1/verify and its rate limits, and the webhook fan-out.
+VERIFY = "verify"
+FANOUT = "fanout"
 WARMUP_SECONDS = 2
 CONNECTIONS = 32
 
@@ -377,6 +381,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=10, help="each measured phase (10)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    parser.add_argument(
+        "--only",
+        choices=[VERIFY, FANOUT],
+        help="run one part: `verify` (rewrites the document but its fan-out section) or "
+        "`fanout` (rewrites only that section); both by default",
+    )
     args = parser.parse_args(argv)
     # Bounded, so that one run stays within a few minutes.
     if not 1 <= args.seconds <= 30:
@@ -442,24 +452,67 @@ def measure(admin_url: str, seconds: int, cpus: tuple[frozenset[int] | None, ...
     )
 
 
+def measure_fanout(
+    admin_url: str, seconds: int, cpus: tuple[frozenset[int] | None, ...]
+) -> fanout.Result:
+    """The webhook fan-out on a database of its own (bench/fanout.py)."""
+    server_cpus, receiver_cpus = cpus
+    with database(admin_url) as url:
+        say(f"bench: fan-out: migrating and bootstrapping {url.rsplit('/', 1)[1]}")
+        owner_key = prepare(url)
+        return fanout.measure(admin_url, url, owner_key, seconds, (server_cpus, receiver_cpus))
+
+
+def command(argv: list[str] | None) -> str:
+    given = " ".join(sys.argv[1:] if argv is None else argv)
+    return f'make bench BENCH_ARGS="{given}"' if given else "make bench"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     admin_url = os.environ.get(
         "KEYSERVICE_BENCH_POSTGRES_URL",
         os.environ.get("KEYSERVICE_TEST_POSTGRES_URL", POSTGRES_URL),
     )
+    cpus = plan_cpus()
+    report = result = None
     try:
-        wrk.executable()
-        report = measure(admin_url, args.seconds, plan_cpus())
+        if args.only != FANOUT:
+            wrk.executable()
+            report = measure(admin_url, args.seconds, cpus)
+        if args.only != VERIFY:
+            result = measure_fanout(admin_url, args.seconds, cpus)
     except BenchError as exc:
         say(f"bench: {exc}", stream=sys.stderr)
         return 1
-    args.output.write_text(report.markdown())
-    say("\n".join(["", report.results_section(), *report.notes()]))
+    # The part not run keeps what the document said of it.
+    kept = fanout.existing_section(args.output)
+    if report is not None:
+        document = report.markdown()
+    else:
+        document = args.output.read_text() if args.output.exists() else "# Performance\n"
+    if result is not None:
+        date = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
+        machine_values = machine(fetch(admin_url, "SHOW server_version")[0])
+        kept = fanout.section(result, command=command(argv), date=date, machine=machine_values)
+    if kept is not None:
+        document = fanout.replace_section(document, kept)
+    args.output.write_text(document)
+    if report is not None:
+        say("\n".join(["", report.results_section(), *report.notes()]))
+    if result is not None:
+        say("\n" + fanout.summary(result))
+        say("\n".join(f"- Problem: {problem}" for problem in result.problems))
     say(f"\nbench: wrote {args.output}")
-    if report.problems:
+    problems = (report.problems if report is not None else []) + (
+        result.problems if result is not None else []
+    )
+    if problems:
         return 1
-    return 1 if args.check and not all(goal.met for goal in report.goals) else 0
+    met = (report is None or all(goal.met for goal in report.goals)) and (
+        result is None or all(met for _, met in fanout.goals(result))
+    )
+    return 1 if args.check and not met else 0
 
 
 if __name__ == "__main__":

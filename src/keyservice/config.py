@@ -116,9 +116,16 @@ class Settings(BaseSettings):
     usage_max_endpoints: int = Field(
         default=50, ge=1, description="Endpoints counted apart per key and hour; the rest as other."
     )
-    quota_alert_percents: Annotated[tuple[int, ...], NoDecode] = Field(default=(80, 100))
+    quota_alert_percents: Annotated[tuple[int, ...], NoDecode] = Field(
+        default=(80, 100),
+        description="Shares of a key's monthly quota (1 to 100) whose crossing raises an alert; "
+        "accounts and keys may set their own.",
+    )
     rate_limited_alert_refusals: int = Field(
-        default=100, ge=1, description="Refusals of a key in an hour that raise an alert."
+        default=100,
+        ge=1,
+        description="Refusals of a key in an hour that raise an alert; accounts and keys may "
+        "set their own.",
     )
 
     # Operations
@@ -189,7 +196,14 @@ class Settings(BaseSettings):
         "SQLite). On PostgreSQL a commit's NOTIFY wakes the workers at once.",
     )
     webhook_batch_size: int = Field(
-        default=50, ge=1, le=1000, description="Messages a worker claims, and sends at once."
+        default=50, ge=1, le=1000, description="Messages a worker claims at once."
+    )
+    webhook_max_in_flight: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description="Deliveries a worker has under way at once, at most (at least a batch): it "
+        "claims a batch more whenever it has room for one.",
     )
 
     webhook_disable_after_seconds: float = Field(
@@ -264,6 +278,14 @@ class Settings(BaseSettings):
             if scope.startswith("keyservice:"):
                 raise ValueError(f"scope {scope!r}: the keyservice: namespace is reserved")
         return tuple(dict.fromkeys(value))
+
+    @field_validator("quota_alert_percents")
+    @classmethod
+    def _check_alert_percents(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for percent in value:
+            if not 1 <= percent <= 100:
+                raise ValueError(f"alert percent {percent}: expected 1 to 100")
+        return tuple(sorted(set(value)))
 
     @field_validator("event_types")
     @classmethod

@@ -1,10 +1,11 @@
 """Announcing changes that alter what verification answers, within the changing transaction.
 
-Every change to a key, an application's permissions or a user's memberships calls ``invalidate``
-inside its transaction. On PostgreSQL that sends ``NOTIFY keyservice_keys``, which the database
-delivers to every instance's listener (``keyservice.verification.cache.Listener``) when, and only
-if, the transaction commits. The request's own instance applies them right after its commit
-(``apply_committed``, from the session dependency), without waiting for the round trip.
+Every change to a key, an application's permissions, a user's memberships or an account's alert
+thresholds calls ``invalidate`` inside its transaction. On PostgreSQL that sends ``NOTIFY
+keyservice_keys``, which the database delivers to every instance's listener
+(``keyservice.verification.cache.Listener``) when, and only if, the transaction commits. The
+request's own instance applies them right after its commit (``apply_committed``, from the
+session dependency), without waiting for the round trip.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ PENDING = "keyservice.invalidations"
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What changed: ``key``, ``application`` or ``user``, and its id."""
+    """What changed: ``key``, ``application``, ``user`` or ``account``, and its id."""
 
     kind: str
     id: uuid.UUID

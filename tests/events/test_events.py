@@ -106,6 +106,8 @@ async def test_an_application_keys_life_is_recorded_with_its_documented_payloads
         "expires_at": None,
         "rate_limit": None,
         "monthly_quota": 1000,
+        "alert_quota_percents": None,
+        "alert_rate_limited_refusals": None,
     }
     assert updated_event == {
         **ids,

@@ -110,6 +110,10 @@ ACCOUNT = {
     "name": "Acme",
     "created_at": "2026-11-01T12:00:00Z",
     "updated_at": "2026-11-01T12:00:00Z",
+    "alert_quota_percents": None,
+    "alert_rate_limited_refusals": None,
+    "alert_thresholds": {"quota_percents": [80, 100], "rate_limited_refusals": 100},
+    "alert_emails_to_admins": False,
 }
 
 

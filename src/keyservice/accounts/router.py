@@ -21,7 +21,7 @@ from keyservice.accounts.schemas import (
     SessionCreated,
     UserOut,
 )
-from keyservice.config import SettingsDep
+from keyservice.config import Settings, SettingsDep
 from keyservice.db import SessionDep
 from keyservice.errors import (
     Conflict,
@@ -34,6 +34,7 @@ from keyservice.errors import (
 )
 from keyservice.models import Account, Membership, User
 from keyservice.pagination import Page, PageDep
+from keyservice.ratelimit.schemas import AlertThresholds
 from keyservice.scopes import catalogue
 from keyservice.verification.dependency import (
     AUTH_ERRORS,
@@ -67,18 +68,35 @@ def _member(membership: Membership) -> MemberOut:
     )
 
 
+def _account(settings: Settings, account: Account) -> AccountOut:
+    return AccountOut(
+        id=account.id,
+        name=account.name,
+        created_at=account.created_at,
+        updated_at=account.updated_at,
+        alert_quota_percents=account.alert_quota_percents,
+        alert_rate_limited_refusals=account.alert_rate_limited_refusals,
+        alert_thresholds=AlertThresholds.of(service.alert_thresholds(settings, account)),
+        alert_emails_to_admins=account.alert_emails_to_admins,
+    )
+
+
 @router.get("", responses=responses(*AUTH_ERRORS))
-async def get_account(session: SessionDep, actor: AccountReader) -> AccountOut:
-    """The account the key acts on."""
-    return AccountOut.model_validate(await service.get_account(session, actor.account_id))
+async def get_account(
+    session: SessionDep, settings: SettingsDep, actor: AccountReader
+) -> AccountOut:
+    """The account the key acts on, with its alert settings."""
+    return _account(settings, await service.get_account(session, actor.account_id))
 
 
 @router.patch("", responses=responses(*AUTH_ERRORS))
 async def update_account(
-    session: SessionDep, actor: AccountWriter, body: AccountUpdate
+    session: SessionDep, settings: SettingsDep, actor: AccountWriter, body: AccountUpdate
 ) -> AccountOut:
-    """Rename the account."""
-    return AccountOut.model_validate(await service.rename_account(session, actor, name=body.name))
+    """Rename the account, or change its alert settings: the thresholds at which its keys'
+    usage raises `usage.threshold` alerts, where a key sets none (null inherits the
+    deployment's again), and whether alert emails also go to its owners and admins."""
+    return _account(settings, await service.update_account(session, actor, body))
 
 
 @router.get("/members", responses=responses(*AUTH_ERRORS))

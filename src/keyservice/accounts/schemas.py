@@ -9,13 +9,21 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from keyservice.accounts import passwords
 from keyservice.fields import Name
 from keyservice.models import Role
+from keyservice.ratelimit.schemas import (
+    AlertPercents,
+    AlertThresholds,
+    alert_percents_field,
+    alert_refusals_field,
+)
 
 Password = Annotated[str, Field(min_length=passwords.MIN_LENGTH, max_length=passwords.MAX_LENGTH)]
 
 
+INHERITS = "(the deployment's)"
+
+
 class AccountOut(BaseModel):
     model_config = ConfigDict(
-        from_attributes=True,
         json_schema_extra={
             "examples": [
                 {
@@ -23,6 +31,13 @@ class AccountOut(BaseModel):
                     "name": "Acme CRM",
                     "created_at": "2026-11-01T12:00:00Z",
                     "updated_at": "2026-11-01T12:00:00Z",
+                    "alert_quota_percents": [50, 80, 100],
+                    "alert_rate_limited_refusals": None,
+                    "alert_thresholds": {
+                        "quota_percents": [50, 80, 100],
+                        "rate_limited_refusals": 100,
+                    },
+                    "alert_emails_to_admins": False,
                 }
             ]
         },
@@ -32,12 +47,44 @@ class AccountOut(BaseModel):
     name: str
     created_at: datetime
     updated_at: datetime
+    alert_quota_percents: list[int] | None = Field(
+        description="The account's quota alert percents, for its keys that set none; null "
+        "inherits the deployment's."
+    )
+    alert_rate_limited_refusals: int | None = Field(
+        description="The account's rate-limited alert threshold, for its keys that set none; "
+        "null inherits the deployment's."
+    )
+    alert_thresholds: AlertThresholds = Field(
+        description="The alert thresholds in force for the account's keys that set none."
+    )
+    alert_emails_to_admins: bool = Field(
+        description="Alert emails (`usage.threshold`, `key.expiring`, "
+        "`webhook.endpoint.disabled`) also go to the account's owners and admins, when the "
+        "deployment sends email."
+    )
 
 
 class AccountUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "Acme"}]})
+    """Fields to change; for the alert thresholds, null means inherit again."""
 
-    name: Name
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "Acme"},
+                {"alert_quota_percents": [50, 80, 100], "alert_emails_to_admins": True},
+            ]
+        },
+    )
+
+    name: Name | None = None
+    alert_quota_percents: AlertPercents | None = alert_percents_field(INHERITS)
+    alert_rate_limited_refusals: int | None = alert_refusals_field(INHERITS)
+    alert_emails_to_admins: bool | None = Field(
+        default=None,
+        description="Also email alerts to the account's owners and admins (default false).",
+    )
 
 
 MembershipStatus = Literal["active", "invited"]

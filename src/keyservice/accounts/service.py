@@ -11,7 +11,9 @@ from sqlalchemy.orm import contains_eager
 
 from keyservice.accounts import passwords
 from keyservice.accounts.passwords import hash_password
+from keyservice.accounts.schemas import AccountUpdate
 from keyservice.audit import service as audit
+from keyservice.config import Settings
 from keyservice.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from keyservice.events import catalogue as event_types
 from keyservice.events import service as events
@@ -27,10 +29,13 @@ from keyservice.models import (
     utcnow,
 )
 from keyservice.pagination import PageParams, paginate
+from keyservice.ratelimit.policy import AlertThresholds, effective_alert_thresholds
 from keyservice.security import hash_key
 from keyservice.verification.service import Principal, UserPrincipal
 
 INVITATION_PREFIX = "ksinv_"
+# An account's usage alert thresholds, which its keys' cached records carry.
+ALERT_THRESHOLDS = ("alert_quota_percents", "alert_rate_limited_refusals")
 
 
 async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account:
@@ -41,20 +46,40 @@ async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Account:
 
 
 async def rename_account(session: AsyncSession, actor: Principal, *, name: str) -> Account:
+    return await update_account(session, actor, AccountUpdate(name=name))
+
+
+async def update_account(session: AsyncSession, actor: Principal, data: AccountUpdate) -> Account:
+    """Rename the account, or change its alert settings (a null threshold inherits the
+    deployment's again). Keys' cached records carry the thresholds: a change to them is
+    announced to every instance's cache."""
     account = await get_account(session, actor.account_id)
-    if account.name != name:
-        old = account.name
-        account.name = name
+    changes: dict[str, object] = {}
+    for field in ("name", "alert_emails_to_admins"):
+        if getattr(data, field) is not None:
+            changes[field] = getattr(data, field)
+    for field in ALERT_THRESHOLDS:
+        if field in data.model_fields_set:
+            changes[field] = getattr(data, field)
+    changed = audit.apply_changes(account, changes)
+    if changed:
         await session.flush()
+        if changed.keys() & set(ALERT_THRESHOLDS):
+            await invalidate(session, Target("account", account.id))
         await audit.record(
             session,
             actor,
             action="account.updated",
             target_type="account",
             target_id=account.id,
-            details={"name": {"from": old, "to": name}},
+            details=changed,
         )
     return account
+
+
+def alert_thresholds(settings: Settings, account: Account) -> AlertThresholds:
+    """The alert thresholds in force for the account's keys that set none of their own."""
+    return effective_alert_thresholds(settings, account)
 
 
 async def list_members(

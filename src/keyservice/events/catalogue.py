@@ -91,6 +91,12 @@ class KeyCreatedData(KeyData):
     expires_at: datetime | None
     rate_limit: RateLimit | None = Field(description="The key's own rate limit; null inherits.")
     monthly_quota: int | None = Field(description="The key's own monthly quota; null inherits.")
+    alert_quota_percents: list[int] | None = Field(
+        description="The key's own quota alert percents; null inherits."
+    )
+    alert_rate_limited_refusals: int | None = Field(
+        description="The key's own rate-limited alert threshold; null inherits."
+    )
 
 
 class KeyChanges(Changes):
@@ -100,6 +106,12 @@ class KeyChanges(Changes):
     )
     monthly_quota: Change[int | None] | SkipJsonSchema[None] = _changed(
         "The key's own monthly quota; null inherits."
+    )
+    alert_quota_percents: Change[list[int] | None] | SkipJsonSchema[None] = _changed(
+        "The key's own quota alert percents; null inherits."
+    )
+    alert_rate_limited_refusals: Change[int | None] | SkipJsonSchema[None] = _changed(
+        "The key's own rate-limited alert threshold; null inherits."
     )
 
 
@@ -296,11 +308,14 @@ EVENT_TYPES: tuple[EventType, ...] = (
             "expires_at": "2027-01-30T12:00:00Z",
             "rate_limit": None,
             "monthly_quota": None,
+            "alert_quota_percents": None,
+            "alert_rate_limited_refusals": None,
         },
     ),
     EventType(
         "key.updated",
-        "A key was renamed or its limits changed: `changes` holds each changed field, from and to.",
+        "A key was renamed, or its limits or alert thresholds changed: `changes` holds each "
+        "changed field, from and to.",
         KeyUpdatedData,
         {
             **_KEY,

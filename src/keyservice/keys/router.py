@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyservice.config import SettingsDep
+from keyservice.config import Settings, SettingsDep
 from keyservice.db import SessionDep
 from keyservice.errors import Conflict, InvalidScope, NotFound, responses
 from keyservice.keys import service
@@ -20,6 +22,8 @@ from keyservice.keys.schemas import (
 )
 from keyservice.models import ApiKey, KeyKind, KeyStatus, utcnow
 from keyservice.pagination import Page, PageDep
+from keyservice.ratelimit.policy import AlertThresholds
+from keyservice.ratelimit.schemas import AlertThresholds as AlertThresholdsOut
 from keyservice.ratelimit.schemas import RateLimit
 from keyservice.scopes import catalogue
 from keyservice.security import Environment
@@ -43,7 +47,7 @@ EnvironmentFilter = Annotated[Environment | None, Query()]
 StatusFilter = Annotated[KeyStatus | None, Query()]
 
 
-def key_out(key: ApiKey) -> KeyOut:
+def key_out(key: ApiKey, thresholds: AlertThresholds) -> KeyOut:
     return KeyOut(
         id=key.id,
         kind=key.kind,
@@ -62,11 +66,29 @@ def key_out(key: ApiKey) -> KeyOut:
         revoked_at=key.revoked_at,
         rate_limit=RateLimit.of(key),
         monthly_quota=key.monthly_quota,
+        alert_quota_percents=key.alert_quota_percents,
+        alert_rate_limited_refusals=key.alert_rate_limited_refusals,
+        alert_thresholds=AlertThresholdsOut.of(thresholds),
     )
 
 
-def key_created(key: ApiKey, secret: str) -> KeyCreated:
-    return KeyCreated(**key_out(key).model_dump(), key=secret)
+async def keys_out(
+    session: AsyncSession, settings: Settings, keys: Sequence[ApiKey]
+) -> list[KeyOut]:
+    thresholds = await service.alert_thresholds(session, settings, keys)
+    return [key_out(key, thresholds[key.id]) for key in keys]
+
+
+async def one_key_out(session: AsyncSession, settings: Settings, key: ApiKey) -> KeyOut:
+    [out] = await keys_out(session, settings, [key])
+    return out
+
+
+async def key_created(
+    session: AsyncSession, settings: Settings, key: ApiKey, secret: str
+) -> KeyCreated:
+    out = await one_key_out(session, settings, key)
+    return KeyCreated(**out.model_dump(), key=secret)
 
 
 @router.post(
@@ -95,12 +117,13 @@ async def create_key(
         catalogue=catalogue(settings.scopes),
         prefix=settings.key_prefix,
     )
-    return key_created(key, secret)
+    return await key_created(session, settings, key, secret)
 
 
 @router.get("/v1/keys", responses=responses(*AUTH_ERRORS))
 async def list_keys(
     session: SessionDep,
+    settings: SettingsDep,
     actor: KeyReader,
     page: PageDep,
     environment: EnvironmentFilter = None,
@@ -116,28 +139,35 @@ async def list_keys(
         environment=environment,
         status=status,
     )
-    return Page(data=[key_out(k) for k in keys], next_cursor=next_cursor)
+    return Page(data=await keys_out(session, settings, keys), next_cursor=next_cursor)
 
 
 @router.get("/v1/keys/{key_id}", responses=responses(*AUTH_ERRORS, NotFound))
-async def get_key(session: SessionDep, actor: KeyReader, key_id: uuid.UUID) -> KeyOut:
+async def get_key(
+    session: SessionDep, settings: SettingsDep, actor: KeyReader, key_id: uuid.UUID
+) -> KeyOut:
     """One key's metadata. The secret is never returned."""
-    return key_out(await service.get_key(session, actor, key_id))
+    return await one_key_out(session, settings, await service.get_key(session, actor, key_id))
 
 
 @router.patch("/v1/keys/{key_id}", responses=responses(*AUTH_ERRORS, NotFound))
 async def update_key(
-    session: SessionDep, actor: KeyWriter, key_id: uuid.UUID, body: KeyUpdate
+    session: SessionDep, settings: SettingsDep, actor: KeyWriter, key_id: uuid.UUID, body: KeyUpdate
 ) -> KeyOut:
-    """Rename a key, or change its rate limit or monthly quota (null inherits again)."""
-    return key_out(await service.update_key(session, actor, key_id, body))
+    """Rename a key, or change its rate limit, monthly quota or alert thresholds (null
+    inherits again: the application's or account's, then the deployment's)."""
+    return await one_key_out(
+        session, settings, await service.update_key(session, actor, key_id, body)
+    )
 
 
 @router.post("/v1/keys/{key_id}/revoke", responses=responses(*AUTH_ERRORS, NotFound))
-async def revoke_key(session: SessionDep, actor: KeyWriter, key_id: uuid.UUID) -> KeyOut:
+async def revoke_key(
+    session: SessionDep, settings: SettingsDep, actor: KeyWriter, key_id: uuid.UUID
+) -> KeyOut:
     """Revoke a key: it stops verifying at once, on every instance. Irreversible; revoking
     again is a no-op that answers the same."""
-    return key_out(await service.revoke_key(session, actor, key_id))
+    return await one_key_out(session, settings, await service.revoke_key(session, actor, key_id))
 
 
 @router.post("/v1/keys/{key_id}/rotate", responses=responses(*AUTH_ERRORS, NotFound, Conflict))
@@ -156,7 +186,7 @@ async def rotate_key(
     key, secret = await service.rotate_key(
         session, actor, key_id, grace=grace, prefix=settings.key_prefix
     )
-    return key_created(key, secret)
+    return await key_created(session, settings, key, secret)
 
 
 @router.post(
@@ -177,12 +207,13 @@ async def create_personal_key(
     key, secret = await service.create_personal_key(
         session, actor, body, catalogue=catalogue(settings.scopes), prefix=settings.key_prefix
     )
-    return key_created(key, secret)
+    return await key_created(session, settings, key, secret)
 
 
 @router.get("/v1/users/me/keys", tags=["users"], responses=responses(*USER_AUTH_ERRORS))
 async def list_personal_keys(
     session: SessionDep,
+    settings: SettingsDep,
     actor: OwnKeyReader,
     page: PageDep,
     environment: EnvironmentFilter = None,
@@ -192,25 +223,33 @@ async def list_personal_keys(
     keys, next_cursor = await service.list_keys(
         session, actor, page=page, environment=environment, status=status, kind=KeyKind.personal
     )
-    return Page(data=[key_out(k) for k in keys], next_cursor=next_cursor)
+    return Page(data=await keys_out(session, settings, keys), next_cursor=next_cursor)
 
 
 @router.get(
     "/v1/users/me/keys/{key_id}", tags=["users"], responses=responses(*USER_AUTH_ERRORS, NotFound)
 )
-async def get_personal_key(session: SessionDep, actor: OwnKeyReader, key_id: uuid.UUID) -> KeyOut:
+async def get_personal_key(
+    session: SessionDep, settings: SettingsDep, actor: OwnKeyReader, key_id: uuid.UUID
+) -> KeyOut:
     """One of the calling user's keys."""
-    return key_out(await service.get_key(session, actor, key_id))
+    return await one_key_out(session, settings, await service.get_key(session, actor, key_id))
 
 
 @router.patch(
     "/v1/users/me/keys/{key_id}", tags=["users"], responses=responses(*USER_AUTH_ERRORS, NotFound)
 )
 async def update_personal_key(
-    session: SessionDep, actor: OwnKeyWriter, key_id: uuid.UUID, body: KeyUpdate
+    session: SessionDep,
+    settings: SettingsDep,
+    actor: OwnKeyWriter,
+    key_id: uuid.UUID,
+    body: KeyUpdate,
 ) -> KeyOut:
-    """Rename one of the calling user's keys, or change its limits."""
-    return key_out(await service.update_key(session, actor, key_id, body))
+    """Rename one of the calling user's keys, or change its limits or alert thresholds."""
+    return await one_key_out(
+        session, settings, await service.update_key(session, actor, key_id, body)
+    )
 
 
 @router.post(
@@ -219,10 +258,10 @@ async def update_personal_key(
     responses=responses(*USER_AUTH_ERRORS, NotFound),
 )
 async def revoke_personal_key(
-    session: SessionDep, actor: OwnKeyWriter, key_id: uuid.UUID
+    session: SessionDep, settings: SettingsDep, actor: OwnKeyWriter, key_id: uuid.UUID
 ) -> KeyOut:
     """Revoke one of the calling user's keys, at once and everywhere."""
-    return key_out(await service.revoke_key(session, actor, key_id))
+    return await one_key_out(session, settings, await service.revoke_key(session, actor, key_id))
 
 
 @router.post(
@@ -242,4 +281,4 @@ async def rotate_personal_key(
     key, secret = await service.rotate_key(
         session, actor, key_id, grace=grace, prefix=settings.key_prefix
     )
-    return key_created(key, secret)
+    return await key_created(session, settings, key, secret)

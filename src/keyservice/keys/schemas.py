@@ -10,10 +10,20 @@ from pydantic.config import JsonDict
 
 from keyservice.fields import Name, Scope
 from keyservice.models import KeyKind, KeyStatus
-from keyservice.ratelimit.schemas import QUOTA_FIELD, RATE_FIELD, RateLimit
+from keyservice.ratelimit.schemas import (
+    QUOTA_FIELD,
+    RATE_FIELD,
+    AlertPercents,
+    AlertThresholds,
+    RateLimit,
+    alert_percents_field,
+    alert_refusals_field,
+)
 from keyservice.security import Environment
 
 MAX_EXPIRY_YEAR = 9000
+# For a personal key, the account is the one each request acts on.
+INHERITS = "(the account's, then the deployment's)"
 
 
 class ExpiryPreset(StrEnum):
@@ -57,6 +67,8 @@ class KeyCreate(BaseModel):
     )
     rate_limit: RateLimit | None = RATE_FIELD
     monthly_quota: int | None = QUOTA_FIELD
+    alert_quota_percents: AlertPercents | None = alert_percents_field(INHERITS)
+    alert_rate_limited_refusals: int | None = alert_refusals_field(INHERITS)
 
     @model_validator(mode="after")
     def _one_expiry(self) -> Self:
@@ -81,7 +93,7 @@ class KeyCreate(BaseModel):
 
 
 class KeyUpdate(BaseModel):
-    """Fields to change; for the limits, null means inherit again."""
+    """Fields to change; for the limits and alert thresholds, null means inherit again."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -89,6 +101,7 @@ class KeyUpdate(BaseModel):
             "examples": [
                 {"name": "Staging Webhook"},
                 {"rate_limit": {"limit": 10, "period_seconds": 1}, "monthly_quota": None},
+                {"alert_quota_percents": [50, 90, 100], "alert_rate_limited_refusals": None},
             ]
         },
     )
@@ -96,6 +109,8 @@ class KeyUpdate(BaseModel):
     name: Name | None = None
     rate_limit: RateLimit | None = RATE_FIELD
     monthly_quota: int | None = QUOTA_FIELD
+    alert_quota_percents: AlertPercents | None = alert_percents_field(INHERITS)
+    alert_rate_limited_refusals: int | None = alert_refusals_field(INHERITS)
 
 
 _KEY_EXAMPLE: JsonDict = {
@@ -116,6 +131,9 @@ _KEY_EXAMPLE: JsonDict = {
     "revoked_at": None,
     "rate_limit": None,
     "monthly_quota": None,
+    "alert_quota_percents": None,
+    "alert_rate_limited_refusals": None,
+    "alert_thresholds": {"quota_percents": [80, 100], "rate_limited_refusals": 100},
 }
 
 
@@ -144,6 +162,17 @@ class KeyOut(BaseModel):
     revoked_at: datetime | None
     rate_limit: RateLimit | None = Field(description="The key's own rate limit; null inherits.")
     monthly_quota: int | None = Field(description="The key's own monthly quota; null inherits.")
+    alert_quota_percents: list[int] | None = Field(
+        description="The key's own quota alert percents; null inherits."
+    )
+    alert_rate_limited_refusals: int | None = Field(
+        description="The key's own rate-limited alert threshold; null inherits."
+    )
+    alert_thresholds: AlertThresholds = Field(
+        description="The alert thresholds in force: the key's own, else its account's, else the "
+        "deployment's. A personal key's requests on an account use that account's where the key "
+        "sets none; shown here for a personal key: the key's own, else the deployment's."
+    )
 
 
 class KeyCreated(KeyOut):

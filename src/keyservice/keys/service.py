@@ -13,16 +13,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyservice import scopes as scope_rules
 from keyservice.applications import service as applications_service
 from keyservice.audit import service as audit
+from keyservice.config import Settings
 from keyservice.errors import Conflict, Forbidden, NotFound
 from keyservice.events import catalogue as event_types
 from keyservice.events import service as events
 from keyservice.invalidations import Target, invalidate
 from keyservice.keys.schemas import KeyCreate, KeyUpdate
-from keyservice.models import ApiKey, Application, KeyKind, KeyStatus, utcnow
+from keyservice.models import Account, ApiKey, Application, KeyKind, KeyStatus, utcnow
 from keyservice.pagination import PageParams, paginate
+from keyservice.ratelimit.policy import AlertThresholds, effective_alert_thresholds
 from keyservice.ratelimit.schemas import RateLimit, limit_columns
 from keyservice.security import Environment, generate_key, hash_key, key_hint
 from keyservice.verification.service import Actor, Principal, UserPrincipal
+
+# A key's own alert thresholds; null inherits (the account's, then the deployment's).
+ALERT_COLUMNS = ("alert_quota_percents", "alert_rate_limited_refusals")
 
 
 def new_key(
@@ -125,6 +130,8 @@ async def record_created(session: AsyncSession, key: ApiKey) -> None:
         expires_at=key.expires_at,
         rate_limit=RateLimit.of(key),
         monthly_quota=key.monthly_quota,
+        alert_quota_percents=key.alert_quota_percents,
+        alert_rate_limited_refusals=key.alert_rate_limited_refusals,
     )
 
 
@@ -170,6 +177,8 @@ def _issued(
     for column, value in limit_columns(data.rate_limit).items():
         setattr(key, column, value)
     key.monthly_quota = data.monthly_quota
+    key.alert_quota_percents = data.alert_quota_percents
+    key.alert_rate_limited_refusals = data.alert_rate_limited_refusals
     return key, secret
 
 
@@ -270,7 +279,8 @@ async def list_keys(
 async def update_key(
     session: AsyncSession, actor: Actor, key_id: uuid.UUID, data: KeyUpdate
 ) -> ApiKey:
-    """Rename a key or change its limits (an explicit null limit inherits again)."""
+    """Rename a key or change its limits or alert thresholds (an explicit null inherits
+    again)."""
     key = await get_key(session, actor, key_id)
     rate_limit = RateLimit.of(key)
     changes: dict[str, object] = {}
@@ -278,8 +288,9 @@ async def update_key(
         changes["name"] = data.name
     if "rate_limit" in data.model_fields_set:
         changes |= limit_columns(data.rate_limit)
-    if "monthly_quota" in data.model_fields_set:
-        changes["monthly_quota"] = data.monthly_quota
+    for column in ("monthly_quota", *ALERT_COLUMNS):
+        if column in data.model_fields_set:
+            changes[column] = getattr(data, column)
     changed = audit.apply_changes(key, changes)
     if changed:
         await session.flush()
@@ -309,10 +320,9 @@ async def _record_updated(
         changes["name"] = event_types.change(changed["name"]["from"], key.name)
     if RateLimit.of(key) != rate_limit:
         changes["rate_limit"] = event_types.change(rate_limit, RateLimit.of(key))
-    if "monthly_quota" in changed:
-        changes["monthly_quota"] = event_types.change(
-            changed["monthly_quota"]["from"], key.monthly_quota
-        )
+    for column in ("monthly_quota", *ALERT_COLUMNS):
+        if column in changed:
+            changes[column] = event_types.change(changed[column]["from"], getattr(key, column))
     if changes:
         await record_event(
             session,
@@ -395,6 +405,29 @@ async def rotate_key(
         previous_secret_expires_at=key.previous_expires_at,
     )
     return key, secret
+
+
+async def alert_thresholds(
+    session: AsyncSession, settings: Settings, keys: Sequence[ApiKey]
+) -> dict[uuid.UUID, AlertThresholds]:
+    """The alert thresholds in force for each of ``keys``: its own, else its account's, else
+    the deployment's (a personal key, which reaches several accounts: its own, else the
+    deployment's). One query for the keys' accounts."""
+    account_ids = {key.account_id for key in keys if key.account_id is not None}
+    accounts = (
+        {
+            account.id: account
+            for account in await session.scalars(select(Account).where(Account.id.in_(account_ids)))
+        }
+        if account_ids
+        else {}
+    )
+    return {
+        key.id: effective_alert_thresholds(
+            settings, key, accounts.get(key.account_id) if key.account_id else None
+        )
+        for key in keys
+    }
 
 
 async def get_application_of(session: AsyncSession, key: ApiKey) -> Application | None:

@@ -66,6 +66,9 @@ class ApiKey(IdMixin, TimestampMixin, Base):
     rate_period_seconds: Mapped[int | None] = mapped_column(default=None)
     rate_burst: Mapped[int | None] = mapped_column(default=None)
     monthly_quota: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # Alert thresholds; NULL inherits (key -> account -> deployment).
+    alert_quota_percents: Mapped[list[int] | None] = mapped_column(JSONType, default=None)
+    alert_rate_limited_refusals: Mapped[int | None] = mapped_column(default=None)
 
     def status_at(self, now: datetime) -> KeyStatus:
         if self.revoked_at is not None:

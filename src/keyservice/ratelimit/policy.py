@@ -1,7 +1,9 @@
-"""Rate limit and quota policies, and which one applies to a key."""
+"""Rate limit and quota policies, and which one applies to a key; likewise the thresholds at
+which a key's usage raises alerts."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -85,3 +87,41 @@ def effective_limits(settings: Settings, *layers: HasLimits | None) -> Limits:
     if rate is None and settings.rate_limit is not None:
         rate = _rate(settings.rate_limit, settings.rate_period_seconds, settings.rate_burst)
     return Limits(rate=rate, monthly_quota=quota)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertThresholds:
+    """When a key's usage raises a ``usage.threshold`` alert: on crossing each share of its
+    monthly quota (percents), and on being refused by its limits this many times in an hour."""
+
+    quota_percents: tuple[int, ...]
+    rate_limited_refusals: int
+
+
+class HasAlertThresholds(Protocol):
+    alert_quota_percents: list[int] | None
+    alert_rate_limited_refusals: int | None
+
+
+def effective_alert_thresholds(
+    settings: Settings, *layers: HasAlertThresholds | None
+) -> AlertThresholds:
+    """The first layer (key, then account) that sets a threshold gives it, each apart; the
+    deployment's where none does."""
+    percents: Sequence[int] | None = None
+    refusals: int | None = None
+    for layer in layers:
+        if layer is None:
+            continue
+        if percents is None:
+            percents = layer.alert_quota_percents
+        if refusals is None:
+            refusals = layer.alert_rate_limited_refusals
+    return AlertThresholds(
+        quota_percents=tuple(
+            sorted(set(settings.quota_alert_percents if percents is None else percents))
+        ),
+        rate_limited_refusals=(
+            settings.rate_limited_alert_refusals if refusals is None else refusals
+        ),
+    )

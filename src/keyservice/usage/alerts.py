@@ -1,10 +1,13 @@
 """When usage raises an alert, decided here and nowhere else.
 
-A ``usage.threshold`` event is recorded when a key crosses a share of its monthly quota
-(``KEYSERVICE_QUOTA_ALERT_PERCENTS``, from the limiter's decision on the request that crossed
-it) or is refused by its limits ``KEYSERVICE_RATE_LIMITED_ALERT_REFUSALS`` times within an hour
-(from the usage counters, when they are written). Each once per threshold and period: the
-``dedupe_key`` says which.
+A ``usage.threshold`` event is recorded when a key crosses a share of its monthly quota (from
+the limiter's decision on the request that crossed it) or is refused by its limits a number of
+times within an hour (from the usage counters, when they are written). Each once per threshold
+and period: the ``dedupe_key`` says which.
+
+The thresholds are the key's own, else its account's, else the deployment's
+(``KEYSERVICE_QUOTA_ALERT_PERCENTS``, ``KEYSERVICE_RATE_LIMITED_ALERT_REFUSALS``): the verifier
+hands them over from the key's cached record, so that they cost the request no query.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from keyservice.models import utcnow
 from keyservice.ratelimit.limiter import Decision, Refusal
-from keyservice.ratelimit.policy import Limits
+from keyservice.ratelimit.policy import AlertThresholds, Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +41,20 @@ class Alerts:
         rate_limited_refusals: int = 100,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.quota_percents = tuple(quota_percents)
-        self.rate_limited_refusals = rate_limited_refusals
+        # Where a key's own are not known.
+        self.defaults = AlertThresholds(
+            quota_percents=tuple(sorted(set(quota_percents))),
+            rate_limited_refusals=rate_limited_refusals,
+        )
         self.clock = clock
 
     def quota(
-        self, key_id: uuid.UUID, account_id: uuid.UUID, limits: Limits, decision: Decision
+        self,
+        key_id: uuid.UUID,
+        account_id: uuid.UUID,
+        limits: Limits,
+        decision: Decision,
+        thresholds: AlertThresholds | None = None,
     ) -> list[PendingEvent]:
         """The quota thresholds that the request's lease crossed."""
         quota = limits.monthly_quota
@@ -69,17 +80,17 @@ class Alerts:
                 },
                 dedupe_key=f"quota:{key_id}:{month}:{percent}",
             )
-            for percent in self.quota_percents
+            for percent in (thresholds or self.defaults).quota_percents
             if used_before < math.ceil(quota * percent / 100) <= used
         ]
 
     def rate_limited(
-        self, rows: Iterable[tuple[uuid.UUID, uuid.UUID, datetime, int]]
+        self, rows: Iterable[tuple[uuid.UUID, uuid.UUID, datetime, int, int]]
     ) -> Iterator[PendingEvent]:
-        """For keys refused by their limits (key, account, hour, refusals in the hour) at least
-        ``rate_limited_refusals`` times."""
-        for key_id, account_id, hour, refused in rows:
-            if refused < self.rate_limited_refusals:
+        """For keys refused by their limits (key, account, hour, refusals in the hour, the key's
+        threshold) at least their threshold's number of times."""
+        for key_id, account_id, hour, refused, threshold in rows:
+            if refused < threshold:
                 continue
             yield PendingEvent(
                 account_id=account_id,
@@ -90,7 +101,7 @@ class Alerts:
                     "kind": "rate_limited",
                     "hour": hour.isoformat(),
                     "rate_limited": refused,
-                    "threshold": self.rate_limited_refusals,
+                    "threshold": threshold,
                 },
                 dedupe_key=f"rate_limited:{key_id}:{hour:%Y%m%d%H}",
             )

@@ -45,7 +45,7 @@ from keyservice.json_rows import JsonRows
 from keyservice.models import Account, ApiKey, UsageAccountHour, UsageCounter, UsageKeyDay, utcnow
 from keyservice.models.base import UTCDateTime
 from keyservice.ratelimit.limiter import Decision
-from keyservice.ratelimit.policy import Limits
+from keyservice.ratelimit.policy import AlertThresholds, Limits
 from keyservice.usage.alerts import Alerts, PendingEvent
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,9 @@ class _Batch:
     )
     last_used: dict[uuid.UUID, datetime] = field(default_factory=dict)
     events: dict[str, PendingEvent] = field(default_factory=dict)
+    # The rate-limited alert's threshold of the keys refused by their limits, per account (from
+    # their cached records): not rows of their own, but what the flush decides alerts with.
+    thresholds: dict[tuple[uuid.UUID, uuid.UUID], int] = field(default_factory=dict)
 
     def merge(self, other: _Batch) -> None:
         for counter, counts in other.counts.items():
@@ -74,6 +77,7 @@ class _Batch:
         for key_id, at in other.last_used.items():
             self.last_used[key_id] = max(at, self.last_used.get(key_id, at))
         self.events = other.events | self.events
+        self.thresholds = other.thresholds | self.thresholds
 
     def __bool__(self) -> bool:
         return bool(self.counts or self.last_used or self.events)
@@ -90,6 +94,8 @@ class _Batch:
             half = halves[0] if i < len(items) // 2 else halves[1]
             part: dict[Any, Any] = (half.counts, half.last_used, half.events)[kind]
             part[k] = v
+        for half in halves:
+            half.thresholds = dict(self.thresholds)
         return halves
 
 
@@ -159,11 +165,21 @@ class UsageRecorder:
         self._batch.last_used[key_id] = now
 
     def limited(
-        self, key_id: uuid.UUID, account_id: uuid.UUID, limits: Limits, decision: Decision
+        self,
+        key_id: uuid.UUID,
+        account_id: uuid.UUID,
+        limits: Limits,
+        decision: Decision,
+        thresholds: AlertThresholds | None = None,
     ) -> None:
-        """What the limiter decided for a request of the key: the quota alerts it raises."""
-        for event in self.alerts.quota(key_id, account_id, limits, decision):
+        """What the limiter decided for a request of the key: the quota alerts it raises, and,
+        for a refusal, the threshold of the rate-limited alert that the next flush checks."""
+        for event in self.alerts.quota(key_id, account_id, limits, decision, thresholds):
             self._batch.events[event.dedupe_key] = event
+        if not decision.allowed:
+            self._batch.thresholds[(key_id, account_id)] = (
+                thresholds or self.alerts.defaults
+            ).rate_limited_refusals
 
     def lag_seconds(self) -> float:
         """How long the oldest count not yet written has waited (0 when all are written)."""
@@ -258,8 +274,9 @@ class UsageRecorder:
         touches = [(key_id, at.replace(microsecond=0)) for key_id, at in written]
         for chunk in _in_key_order(touches, lambda row: row[0].int):
             await session.execute(_touch_statement(name), _touches(name).bind(chunk))
+        default = self.alerts.defaults.rate_limited_refusals
         limited = {
-            (key_id, account_id, hour)
+            (key_id, account_id, hour): batch.thresholds.get((key_id, account_id), default)
             for (key_id, account_id, _, hour), (_, _, rate_limited) in batch.counts.items()
             if rate_limited
         }
@@ -270,9 +287,10 @@ class UsageRecorder:
         return written
 
     async def _rate_limited(
-        self, session: AsyncSession, limited: set[tuple[uuid.UUID, uuid.UUID, datetime]]
-    ) -> list[tuple[uuid.UUID, uuid.UUID, datetime, int]]:
-        """Keys refused by their limits at least the alert's number of times in an hour."""
+        self, session: AsyncSession, limited: dict[tuple[uuid.UUID, uuid.UUID, datetime], int]
+    ) -> list[tuple[uuid.UUID, uuid.UUID, datetime, int, int]]:
+        """Keys refused by their limits at least their alert's number of times in an hour
+        (``limited``: the keys refused since the last flush, with their thresholds)."""
         if not limited:
             return []
         hours = {hour for _, _, hour in limited}
@@ -286,9 +304,13 @@ class UsageRecorder:
             )
             .where(UsageCounter.key_id.in_(keys), UsageCounter.hour.in_(hours))
             .group_by(UsageCounter.key_id, UsageCounter.account_id, UsageCounter.hour)
-            .having(func.sum(UsageCounter.rate_limited) >= self.alerts.rate_limited_refusals)
+            .having(func.sum(UsageCounter.rate_limited) >= min(limited.values()))
         )
-        return [(k, a, h, int(n)) for k, a, h, n in rows.all()]
+        return [
+            (k, a, h, int(n), limited[(k, a, h)])
+            for k, a, h, n in rows.all()
+            if (k, a, h) in limited
+        ]
 
     @staticmethod
     async def _write_events(session: AsyncSession, events: Iterable[PendingEvent]) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from keyservice.ratelimit.schemas import RateLimit
+from keyservice.ratelimit.schemas import AlertThresholds, RateLimit
 
 
 class Granularity(StrEnum):
@@ -80,6 +80,7 @@ class KeyUsage(BaseModel):
                         "quota_remaining": 51790,
                         "quota_resets_at": "2026-12-01T00:00:00Z",
                     },
+                    "alert_thresholds": {"quota_percents": [80, 100], "rate_limited_refusals": 100},
                 }
             ]
         }
@@ -93,6 +94,10 @@ class KeyUsage(BaseModel):
         description="Over the series' range, busiest first."
     )
     limits: Limits
+    alert_thresholds: AlertThresholds = Field(
+        description="When the key's usage raises `usage.threshold` alerts: its own thresholds, "
+        "else its account's, else the deployment's."
+    )
 
 
 class AccountUsage(BaseModel):
@@ -112,6 +117,7 @@ class AccountUsage(BaseModel):
                             "rate_limited": 10,
                         }
                     ],
+                    "alert_thresholds": {"quota_percents": [80, 100], "rate_limited_refusals": 100},
                 }
             ]
         }
@@ -122,3 +128,7 @@ class AccountUsage(BaseModel):
     series: Series
     top_endpoints: list[EndpointCounts]
     top_keys: list[KeyCounts] = Field(description="Over the series' range, busiest first.")
+    alert_thresholds: AlertThresholds = Field(
+        description="When usage raises `usage.threshold` alerts for the account's keys that set "
+        "no thresholds of their own: the account's, else the deployment's."
+    )

@@ -47,6 +47,9 @@ def _targets(record: KeyRecord) -> Iterable[Target]:
         yield Target("application", record.application_id)
     if record.user_id is not None:
         yield Target("user", record.user_id)
+    # An account's settings that its keys' records carry (their alert thresholds).
+    for account_id in record.alerts:
+        yield Target("account", account_id)
 
 
 class KeyCache:

@@ -28,9 +28,14 @@ from keyservice.errors import (
     UnknownKey,
 )
 from keyservice.json_rows import JsonRows
-from keyservice.models import ApiKey, Application, KeyKind, Membership, Role
+from keyservice.models import Account, ApiKey, Application, KeyKind, Membership, Role
 from keyservice.ratelimit.limiter import Decision
-from keyservice.ratelimit.policy import Limits, effective_limits
+from keyservice.ratelimit.policy import (
+    AlertThresholds,
+    Limits,
+    effective_alert_thresholds,
+    effective_limits,
+)
 from keyservice.security import Environment
 
 NO_LIMITS = Limits(rate=None, monthly_quota=None)
@@ -59,6 +64,9 @@ class KeyRecord:
     roles: Mapping[uuid.UUID, Role] = field(default_factory=dict)
     account_scopes: Mapping[uuid.UUID, frozenset[str]] = field(default_factory=dict)
     limits: Limits = NO_LIMITS
+    # The thresholds of its usage alerts in each account it reaches (the key's own, else the
+    # account's, else the deployment's): carried here so that a request costs no query for them.
+    alerts: Mapping[uuid.UUID, AlertThresholds] = field(default_factory=dict)
     # What /verify answers about this key, rendered once per account and secret (see
     # ``keyservice.verification.router.valid_content``): the record never changes, nor do they.
     views: dict[tuple[uuid.UUID, bool], bytes] = field(
@@ -128,18 +136,19 @@ def _presented(dialect: str) -> JsonRows:
 
 
 @functools.cache
-def _lookup_statement(dialect: str) -> Select[str, ApiKey, Application | None]:
+def _lookup_statement(dialect: str) -> Select[str, ApiKey, Application | None, Account | None]:
     """The keys whose current or previous (rotation grace) secret has one of the presented
-    hashes, with their applications: fixed, whatever the number of hashes."""
+    hashes, with their applications and accounts: fixed, whatever the number of hashes."""
     presented = _presented(dialect).table()
     return (
-        select(presented.c.hash, ApiKey, Application)
+        select(presented.c.hash, ApiKey, Application, Account)
         .select_from(presented)
         .join(
             ApiKey,
             or_(ApiKey.key_hash == presented.c.hash, ApiKey.previous_hash == presented.c.hash),
         )
         .outerjoin(Application, Application.id == ApiKey.application_id)
+        .outerjoin(Account, Account.id == ApiKey.account_id)
     )
 
 
@@ -149,11 +158,13 @@ def _users(dialect: str) -> JsonRows:
 
 
 @functools.cache
-def _memberships_statement(dialect: str) -> Select[uuid.UUID, uuid.UUID, Role]:
-    """The accepted memberships of the users, whatever their number."""
+def _memberships_statement(dialect: str) -> Select[uuid.UUID, Role, Account]:
+    """The accepted memberships of the users, with their accounts, whatever their number."""
     users = _users(dialect).table()
-    return select(Membership.user_id, Membership.account_id, Membership.role).where(
-        Membership.user_id.in_(select(users.c.user_id)), Membership.accepted_at.is_not(None)
+    return (
+        select(Membership.user_id, Membership.role, Account)
+        .join(Account, Account.id == Membership.account_id)
+        .where(Membership.user_id.in_(select(users.c.user_id)), Membership.accepted_at.is_not(None))
     )
 
 
@@ -169,18 +180,27 @@ async def lookup(
             _lookup_statement(dialect), _presented(dialect).bind((h,) for h in key_hashes)
         )
     ).all()
-    user_ids = {key.user_id for _, key, _ in rows if key.user_id is not None}
+    user_ids = {key.user_id for _, key, _, _ in rows if key.user_id is not None}
     roles: dict[uuid.UUID | None, dict[uuid.UUID, Role]] = {}
+    accounts: dict[uuid.UUID | None, list[Account]] = {}
     if user_ids:
         memberships = await session.execute(
             _memberships_statement(dialect), _users(dialect).bind((u,) for u in user_ids)
         )
-        for user_id, account_id, role in memberships.all():
-            roles.setdefault(user_id, {})[account_id] = role
+        for user_id, role, account in memberships.all():
+            roles.setdefault(user_id, {})[account.id] = role
+            accounts.setdefault(user_id, []).append(account)
     catalogue = scope_rules.catalogue(settings.scopes)
     return {
-        key_hash: _record(key, application, roles.get(key.user_id, {}), catalogue, settings)
-        for key_hash, key, application in rows
+        key_hash: _record(
+            key,
+            application,
+            roles.get(key.user_id, {}),
+            [account] if account is not None else accounts.get(key.user_id, []),
+            catalogue,
+            settings,
+        )
+        for key_hash, key, application, account in rows
     }
 
 
@@ -188,6 +208,7 @@ def _record(
     key: ApiKey,
     application: Application | None,
     roles: dict[uuid.UUID, Role],
+    accounts: list[Account],
     catalogue: tuple[str, ...],
     settings: Settings,
 ) -> KeyRecord:
@@ -214,6 +235,9 @@ def _record(
             for account_id, role in roles.items()
         },
         limits=effective_limits(settings, key, application),
+        alerts={
+            account.id: effective_alert_thresholds(settings, key, account) for account in accounts
+        },
     )
 
 

@@ -32,7 +32,7 @@ from keyservice.errors import (
 )
 from keyservice.models import utcnow
 from keyservice.ratelimit.limiter import Decision, Limiter, Refusal
-from keyservice.ratelimit.policy import Limits
+from keyservice.ratelimit.policy import AlertThresholds, Limits
 from keyservice.security import MAX_KEY_LENGTH, KeyFormatError, hash_key, parse_key
 from keyservice.verification import service
 from keyservice.verification.cache import KeyCache
@@ -56,7 +56,12 @@ class Usage(Protocol):
     ) -> None: ...
 
     def limited(
-        self, key_id: uuid.UUID, account_id: uuid.UUID, limits: Limits, decision: Decision
+        self,
+        key_id: uuid.UUID,
+        account_id: uuid.UUID,
+        limits: Limits,
+        decision: Decision,
+        thresholds: AlertThresholds | None = None,
     ) -> None: ...
 
 
@@ -199,7 +204,13 @@ class Verifier:
         decision = None
         if record.limits.limited:
             decision = await self.limiter.check(record.id, record.limits, cost)
-            self.usage.limited(record.id, principal.account_id, record.limits, decision)
+            self.usage.limited(
+                record.id,
+                principal.account_id,
+                record.limits,
+                decision,
+                record.alerts.get(principal.account_id),
+            )
             if not decision.allowed:
                 metrics.rate_limit_refusal("quota" if decision.refused is Refusal.quota else "rate")
                 if metered:

@@ -9,6 +9,12 @@ or due again on the retry schedule. A claim that is never settled (the instance 
 when its lease ends, and another worker takes it over: delivery is at least once, and the
 ``webhook-id`` that receivers deduplicate on is the message's id, the same on every attempt.
 
+A worker keeps up to ``webhook_max_in_flight`` deliveries going, claiming ``webhook_batch_size``
+more whenever it has room for them, so that a slow endpoint holds up its own deliveries and not
+the others'. Each delivery is settled as soon as its answer came, together with every other
+that came meanwhile, in one transaction (a few statements whatever their number): while one
+transaction is written, the next gathers.
+
 On PostgreSQL the fan-out's ``NOTIFY`` wakes every worker when the event's transaction commits,
 so a first attempt leaves at once; retries, and SQLite, are found by polling.
 
@@ -24,14 +30,16 @@ import contextlib
 import functools
 import logging
 import random
+import typing
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 import httpx
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -48,7 +56,8 @@ from keyservice.models import (
 )
 from keyservice.secretbox import Keyring
 from keyservice.webhooks.fanout import CHANNEL
-from keyservice.webhooks.sending import Outcome, body_of, build_request, send
+from keyservice.webhooks.http1 import Pool
+from keyservice.webhooks.sending import Outcome, Request, body_of, build_request, deliver
 from keyservice.webhooks.service import disable, signing_secrets
 from keyservice.webhooks.ssrf import Policy
 
@@ -84,6 +93,7 @@ class Delivery:
         self.schedule = settings.webhook_retry_schedule
         self.lease = timedelta(seconds=settings.webhook_claim_lease_seconds)
         self.batch_size = settings.webhook_batch_size
+        self.max_in_flight = max(settings.webhook_max_in_flight, self.batch_size)
         self.poll_seconds = settings.webhook_poll_seconds
         self.timeout = settings.webhook_timeout_seconds
         self.worker_id = uuid.uuid4()
@@ -91,6 +101,8 @@ class Delivery:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing_logged = False
+        self._settler = _Settler(self._write_outcomes)
+        self._pool = Pool()
 
     @property
     def max_attempts(self) -> int:
@@ -100,6 +112,7 @@ class Delivery:
         self._wake.set()
 
     def http(self) -> httpx.AsyncClient:
+        """A client for one request now and then (the tester's)."""
         if self.client is None:
             self.client = httpx.AsyncClient(
                 timeout=self.timeout,
@@ -118,6 +131,8 @@ class Delivery:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._settler.finish()
+        await self._pool.aclose()
         if self.client is not None:
             await self.client.aclose()
             self.client = None
@@ -130,8 +145,7 @@ class Delivery:
             if self.availability is not None and self.availability.down:
                 continue  # the probe says when it is back; nothing to claim meanwhile
             try:
-                while await self.run_once():
-                    pass
+                await self.pump()
                 await self.sample_backlog()
             except Exception as exc:
                 if self.availability is not None and self.availability.failed(exc):
@@ -161,23 +175,84 @@ class Delivery:
         claimed = await self._claim()
         if not claimed:
             return 0
-        box = self.keyring.box()
-        client = self.http()
-        requests = [
-            build_request(
-                c.endpoint.url,
-                signing_secrets(c.endpoint, box=box),
-                message_id=str(c.message_id),
-                body=body_of(c.event.type, c.event.created_at, c.event.data),
-            )
-            for c in claimed
-        ]
-        outcomes = await asyncio.gather(*(send(client, self.policy, r) for r in requests))
-        for item, outcome in zip(claimed, outcomes, strict=True):
-            await self._settle(item, outcome)
+        requests = self._requests(claimed)
+        outcomes = await asyncio.gather(*(self._send(r) for r in requests))
+        await self._write_outcomes(list(zip(claimed, outcomes, strict=True)))
         return len(claimed)
 
-    async def _claim(self) -> list[Claimed]:
+    async def pump(self) -> int:
+        """Deliver until nothing is due: up to ``max_in_flight`` deliveries at once, a batch
+        claimed whenever there is room for one, each settled as soon as it is answered. Once
+        nothing more is due, what is in flight is finished, and a wake (a new message) has the
+        worker claim again meanwhile. How many deliveries were attempted."""
+        in_flight: set[asyncio.Task[None]] = set()
+        woken: asyncio.Task[Any] | None = None
+        attempted = 0
+        drained = False
+        try:
+            while True:
+                room = self.max_in_flight - len(in_flight)
+                if not drained and room >= self.batch_size:
+                    claimed = await self._claim()
+                    attempted += len(claimed)
+                    drained = len(claimed) < self.batch_size
+                    for item, request in zip(claimed, self._requests(claimed), strict=True):
+                        in_flight.add(
+                            asyncio.create_task(
+                                self._attempt(item, request), name="keyservice-webhook-attempt"
+                            )
+                        )
+                    if not drained:
+                        continue
+                if not in_flight:
+                    return attempted
+                if woken is None:
+                    woken = asyncio.create_task(self._wake.wait(), name="keyservice-webhook-wake")
+                done, _ = await asyncio.wait(
+                    [*in_flight, woken], return_when=asyncio.FIRST_COMPLETED
+                )
+                if woken in done:
+                    self._wake.clear()
+                    woken, drained = None, False
+                for task in done & in_flight:
+                    in_flight.discard(task)
+                    task.result()
+        finally:
+            # Stopped, or failed: what is in flight stops too. Its claims fall due again when
+            # their lease ends (at least once); the answers already come are settled.
+            if woken is not None:
+                woken.cancel()
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def _requests(self, claimed: Sequence[Claimed]) -> list[Request]:
+        box = self.keyring.box()
+        secrets_by_endpoint: dict[uuid.UUID, list[str]] = {}
+        requests = []
+        for item in claimed:
+            secrets_ = secrets_by_endpoint.get(item.endpoint.id)
+            if secrets_ is None:
+                secrets_ = secrets_by_endpoint[item.endpoint.id] = signing_secrets(
+                    item.endpoint, box=box
+                )
+            requests.append(
+                build_request(
+                    item.endpoint.url,
+                    secrets_,
+                    message_id=str(item.message_id),
+                    body=body_of(item.event.type, item.event.created_at, item.event.data),
+                )
+            )
+        return requests
+
+    async def _send(self, request: Request) -> Outcome:
+        return await deliver(self._pool, self.policy, request, timeout=self.timeout)
+
+    async def _attempt(self, item: Claimed, request: Request) -> None:
+        await self._settler.settle(item, await self._send(request))
+
+    async def _claim(self, limit: int | None = None) -> list[Claimed]:
         now = self.clock()
         due = (
             select(WebhookMessage.id)
@@ -188,7 +263,7 @@ class Delivery:
                 WebhookEndpoint.enabled.is_(True),
             )
             .order_by(WebhookMessage.next_attempt_at)
-            .limit(self.batch_size)
+            .limit(limit or self.batch_size)
             .with_for_update(of=WebhookMessage, skip_locked=True)
         )
         async with self.sessionmaker() as session:
@@ -226,8 +301,8 @@ class Delivery:
         delay = self.schedule[attempts - 1]
         return now + timedelta(seconds=delay * (1 + 0.1 * self.jitter()))
 
-    async def _settle(self, item: Claimed, outcome: Outcome) -> None:
-        now = self.clock()
+    def _settled(self, item: Claimed, outcome: Outcome, now: datetime) -> dict[str, Any]:
+        """The message's new state after this attempt (its update's parameters)."""
         attempts = item.attempts + 1
         gone = outcome.status_code == 410
         next_at = None if outcome.success or gone else self._next_attempt(attempts, outcome, now)
@@ -246,50 +321,138 @@ class Delivery:
             if status is MessageStatus.pending
             else "failed"
         )
+        return {
+            "message_id": item.message_id,
+            "new_status": status.value,
+            "next_at": next_at,
+            "finished": None if status is MessageStatus.pending else now,
+        }
+
+    async def _write_outcomes(self, outcomes: Sequence[tuple[Claimed, Outcome]]) -> None:
+        """Settle deliveries in one transaction: their attempts recorded, their messages
+        delivered, failed or due again (only while the claim is ours: a worker that took it over
+        after our lease settles it), their endpoints' failing state, and an endpoint that
+        answered 410 disabled."""
+        if not outcomes:
+            return
+        now = self.clock()
+        attempts = [
+            {
+                "id": uuid.uuid4(),
+                "message_id": item.message_id,
+                "attempted_at": now,
+                "status_code": outcome.status_code,
+                "latency_ms": outcome.latency_ms,
+                "response_excerpt": outcome.excerpt,
+                "error": outcome.error,
+                "success": outcome.success,
+            }
+            for item, outcome in outcomes
+        ]
+        settled = [
+            self._settled(item, outcome, now) | {"worker": self.worker_id}
+            for item, outcome in sorted(outcomes, key=lambda o: o[0].message_id)
+        ]
+        # The last answer of each endpoint says whether it is failing now.
+        last = {item.endpoint.id: outcome for item, outcome in outcomes}
+        recovered = sorted(e for e, outcome in last.items() if outcome.success)
+        failing = sorted(e for e, outcome in last.items() if not outcome.success)
+        gone = sorted({i.endpoint.id for i, outcome in outcomes if outcome.status_code == 410})
         async with self.sessionmaker() as session:
-            session.add(
-                WebhookAttempt(
-                    message_id=item.message_id,
-                    attempted_at=now,
-                    status_code=outcome.status_code,
-                    latency_ms=outcome.latency_ms,
-                    response_excerpt=outcome.excerpt,
-                    error=outcome.error,
-                    success=outcome.success,
-                )
-            )
-            # Only while the claim is ours: a worker that took it over after our lease settles it.
-            await session.execute(
-                update(WebhookMessage)
-                .where(
-                    WebhookMessage.id == item.message_id,
-                    WebhookMessage.claimed_by == self.worker_id,
-                )
-                .values(
-                    attempts=WebhookMessage.attempts + 1,
-                    status=status,
-                    next_attempt_at=next_at,
-                    claimed_by=None,
-                    finished_at=None if status is MessageStatus.pending else now,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            endpoint = WebhookEndpoint.__table__.c
-            if outcome.success:
-                await session.execute(
-                    update(WebhookEndpoint)
-                    .where(endpoint.id == item.endpoint.id, endpoint.failing_since.is_not(None))
-                    .values(failing_since=None)
-                )
-            else:
-                await session.execute(
-                    update(WebhookEndpoint)
-                    .where(endpoint.id == item.endpoint.id)
-                    .values(failing_since=func.coalesce(endpoint.failing_since, now))
-                )
-            if gone:
-                await disable(session, item.endpoint.id, reason="gone", now=now)
+            await session.execute(insert(WebhookAttempt), attempts)
+            await session.execute(_SETTLE, settled)
+            if recovered:
+                await session.execute(_endpoints_failing(recovered, since=None))
+            if failing:
+                await session.execute(_endpoints_failing(failing, since=now))
+            for endpoint_id in gone:
+                await disable(session, endpoint_id, reason="gone", now=now)
             await session.commit()
+
+
+_MESSAGES = typing.cast(Table, WebhookMessage.__table__)
+_ENDPOINTS = typing.cast(Table, WebhookEndpoint.__table__)
+_messages = _MESSAGES.c
+# Each settled message: one statement for them all, sent as a batch of parameters.
+_SETTLE = (
+    update(_MESSAGES)
+    .where(_messages.id == bindparam("message_id"), _messages.claimed_by == bindparam("worker"))
+    .values(
+        attempts=_messages.attempts + 1,
+        status=bindparam("new_status"),
+        next_attempt_at=bindparam("next_at"),
+        claimed_by=None,
+        finished_at=bindparam("finished"),
+    )
+)
+
+
+def _endpoints_failing(endpoint_ids: Sequence[uuid.UUID], *, since: datetime | None) -> Any:
+    """Mark the endpoints failing since ``since`` (None: they are not failing), those whose
+    state changes only: the rows are locked (in id order, so that concurrent settlements cannot
+    deadlock) only when they change, which is rare."""
+    endpoints = _ENDPOINTS.c
+    changes = (
+        endpoints.failing_since.is_(None)
+        if since is not None
+        else endpoints.failing_since.is_not(None)
+    )
+    changing = (
+        select(endpoints.id)
+        .where(endpoints.id.in_(endpoint_ids), changes)
+        .order_by(endpoints.id)
+        .with_for_update()
+        .cte("changing")
+    )
+    return (
+        update(_ENDPOINTS)
+        .where(endpoints.id.in_(select(changing.c.id)))
+        .values(failing_since=since)
+    )
+
+
+class _Settler:
+    """Writes deliveries' outcomes as they come, many in one transaction: the outcomes that come
+    while one is written go in the next (a group commit). ``settle`` returns once its outcome
+    is written, or raises what failed its transaction."""
+
+    def __init__(self, write: Callable[[Sequence[tuple[Claimed, Outcome]]], Any]) -> None:
+        self._write = write
+        self._pending: list[tuple[Claimed, Outcome, asyncio.Future[None]]] = []
+        self._writing: asyncio.Task[None] | None = None
+
+    async def settle(self, item: Claimed, outcome: Outcome) -> None:
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, outcome, written))
+        if self._writing is None:
+            self._writing = asyncio.create_task(
+                self._write_pending(), name="keyservice-webhook-settle"
+            )
+        # A delivery stopped meanwhile leaves its outcome to be written all the same.
+        await asyncio.shield(written)
+
+    async def finish(self) -> None:
+        """Wait for the outcomes already answered to be written (a worker that stops)."""
+        if self._writing is not None:
+            with contextlib.suppress(Exception):
+                await self._writing
+
+    async def _write_pending(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await self._write([(item, outcome) for item, outcome, _ in batch])
+                except Exception as exc:
+                    # Their claims fall due again when their lease ends.
+                    for _, _, written in batch:
+                        written.set_exception(exc)
+                        written.exception()  # retrieved: nobody may be waiting any more
+                else:
+                    for _, _, written in batch:
+                        written.set_result(None)
+        finally:
+            self._writing = None
 
 
 class WakeListener:

@@ -9,8 +9,11 @@ it, so that it is not sent twice. Its ``Message-ID`` is the email's id, for the 
 instance that died between the server's acceptance and the mark).
 
 Recipients: for a key's alerts, its application's developer email (a personal key's user);
-for a disabled endpoint, the account's owners and admins. An email carries names, hints and
-ids, never a secret; an endpoint's URL is shown without its query string.
+for a disabled endpoint, the account's owners and admins. An account that asks for it
+(``alert_emails_to_admins``) has every alert emailed to its owners and admins as well. Each
+address gets one email per event, however many of these it is (compared without regard to case).
+An email carries names, hints and ids, never a secret; an endpoint's URL is shown without its
+query string.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from keyservice.config import Settings
 from keyservice.db import upsert
 from keyservice.events import service as events
 from keyservice.models import (
+    Account,
     ApiKey,
     Application,
     EmailMessage,
@@ -130,8 +134,31 @@ async def _admins(session: AsyncSession, account_id: uuid.UUID) -> list[str]:
     )
 
 
+def _distinct(addresses: Sequence[str]) -> list[str]:
+    """Each address once, in order; the same mailbox in another case is the same address."""
+    seen: set[str] = set()
+    distinct = []
+    for address in addresses:
+        if address.lower() not in seen:
+            seen.add(address.lower())
+            distinct.append(address)
+    return distinct
+
+
+async def recipients(session: AsyncSession, event: Event, own: Sequence[str]) -> list[str]:
+    """Who is emailed an alert event: its ``own`` recipients (``compose``'s), and the account's
+    owners and admins when the account asks for it."""
+    to_admins = await session.scalar(
+        select(Account.alert_emails_to_admins).where(Account.id == event.account_id)
+    )
+    if to_admins:
+        own = [*own, *await _admins(session, event.account_id)]
+    return _distinct(own)
+
+
 async def compose(session: AsyncSession, event: Event) -> tuple[list[str], str, str]:
-    """The recipients, subject and body of an alert event's email."""
+    """The recipients (before the account's own choice to add its admins), subject and body of
+    an alert event's email."""
     data: dict[str, Any] = event.data
     if event.type == "webhook.endpoint.disabled":
         why = (
@@ -181,7 +208,7 @@ async def fan_out(session: AsyncSession, recorded: Sequence[events.Recorded]) ->
     now = utcnow()
     rows: list[dict[str, Any]] = []
     for event in (await session.scalars(select(Event).where(Event.id.in_(alerts)))).all():
-        recipients, subject, body = await compose(session, event)
+        own, subject, body = await compose(session, event)
         rows.extend(
             {
                 "id": uuid.uuid4(),
@@ -195,7 +222,7 @@ async def fan_out(session: AsyncSession, recorded: Sequence[events.Recorded]) ->
                 "next_attempt_at": now,
                 "created_at": now,
             }
-            for recipient in dict.fromkeys(recipients)
+            for recipient in await recipients(session, event, own)
         )
     if rows:
         await session.execute(

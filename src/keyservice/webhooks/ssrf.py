@@ -20,6 +20,7 @@ on the developer's machine works.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,31 @@ class Target:
     address: str | None
 
 
+@functools.lru_cache(maxsize=4096)
+def _parts(url: str) -> tuple[str, str, int]:
+    """The URL's scheme, host and port; ``Refused`` if it is not one a webhook may have. The
+    same few URLs are checked before every delivery: their parts are kept (not their
+    addresses, which are resolved every time)."""
+    try:
+        httpx.URL(url)
+        parts = urlsplit(url)
+    except (httpx.InvalidURL, ValueError):
+        raise Refused("invalid_url", "not a valid URL") from None
+    if len(url) > MAX_URL_LENGTH:
+        raise Refused("invalid_url", f"a URL has at most {MAX_URL_LENGTH} characters")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Refused("invalid_url", "expected an absolute http or https URL")
+    if parts.username is not None or parts.password is not None:
+        raise Refused(
+            "invalid_url", "a URL must not hold credentials: the signature proves the sender"
+        )
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise Refused("invalid_url", "the URL's port is not valid") from None
+    return parts.scheme, parts.hostname, port
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     allow_all: bool
@@ -98,24 +124,7 @@ class Policy:
 
     async def check(self, url: str) -> Target:
         """The URL's checked destination; ``Refused`` saying why it may not be reached."""
-        try:
-            httpx.URL(url)
-            parts = urlsplit(url)
-        except (httpx.InvalidURL, ValueError):
-            raise Refused("invalid_url", "not a valid URL") from None
-        if len(url) > MAX_URL_LENGTH:
-            raise Refused("invalid_url", f"a URL has at most {MAX_URL_LENGTH} characters")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise Refused("invalid_url", "expected an absolute http or https URL")
-        if parts.username is not None or parts.password is not None:
-            raise Refused(
-                "invalid_url", "a URL must not hold credentials: the signature proves the sender"
-            )
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise Refused("invalid_url", "the URL's port is not valid") from None
-        host = parts.hostname
+        scheme, host, port = _parts(url)
         if self.allow_all:
             return Target(url=url, host=host, address=None)
         addresses = await self._addresses(host, port)
@@ -126,6 +135,6 @@ class Policy:
                     f"{host!r} resolves to {address}, which is not a public address "
                     "(loopback, private, link-local and metadata addresses are refused)",
                 )
-        if parts.scheme != "https" and not all(self._in_allowed(a) for a in addresses):
+        if scheme != "https" and not all(self._in_allowed(a) for a in addresses):
             raise Refused("invalid_url", "a webhook URL must use https")
         return Target(url=url, host=host, address=str(addresses[0]))

@@ -134,6 +134,10 @@ def _tuple(values: Sequence[str] | Unset) -> tuple[str, ...] | Unset:
     return values if isinstance(values, Unset) else tuple(values)
 
 
+def _ints(values: Sequence[int] | Unset | None) -> tuple[int, ...] | Unset | None:
+    return values if values is None or isinstance(values, Unset) else tuple(values)
+
+
 # --- Account ---------------------------------------------------------------------------------
 
 ACCOUNT_GET = Operation("GET", "/v1/account", Account, idempotent=True)
@@ -149,9 +153,23 @@ def account_get() -> Call[Account]:
     return _call(ACCOUNT_GET)
 
 
-def account_update(*, name: str) -> Call[Account]:
-    """Rename the account."""
-    return _call(ACCOUNT_UPDATE, body=AccountUpdate(name=name))
+def account_update(
+    *,
+    name: str | Unset = UNSET,
+    alert_quota_percents: Sequence[int] | Unset | None = UNSET,
+    alert_rate_limited_refusals: int | Unset | None = UNSET,
+    alert_emails_to_admins: bool | Unset = UNSET,
+) -> Call[Account]:
+    """Rename the account, or change its alert settings: the thresholds of its keys that set
+    none (``None`` inherits the deployment's), and whether alert emails also go to its owners
+    and admins."""
+    body = AccountUpdate(
+        name=name,
+        alert_quota_percents=_ints(alert_quota_percents),
+        alert_rate_limited_refusals=alert_rate_limited_refusals,
+        alert_emails_to_admins=alert_emails_to_admins,
+    )
+    return _call(ACCOUNT_UPDATE, body=body)
 
 
 def account_usage(
@@ -335,6 +353,8 @@ def keys_create(
     expires_at: datetime | Unset = UNSET,
     rate_limit: RateLimit | Unset | None = UNSET,
     monthly_quota: int | Unset | None = UNSET,
+    alert_quota_percents: Sequence[int] | Unset | None = UNSET,
+    alert_rate_limited_refusals: int | Unset | None = UNSET,
 ) -> Call[CreatedKey]:
     """Issue a key for an application. Its secret is in the answer's ``key``, and nowhere
     else, ever. Expiry: ``expires_in`` (``30d``, ``90d``, ``180d``, ``never``) or an explicit,
@@ -347,6 +367,8 @@ def keys_create(
         expires_at=expires_at,
         rate_limit=rate_limit,
         monthly_quota=monthly_quota,
+        alert_quota_percents=_ints(alert_quota_percents),
+        alert_rate_limited_refusals=alert_rate_limited_refusals,
     )
     return _call(KEYS_CREATE, body=body, application_id=application_id)
 
@@ -380,9 +402,18 @@ def keys_update(
     name: str | Unset = UNSET,
     rate_limit: RateLimit | Unset | None = UNSET,
     monthly_quota: int | Unset | None = UNSET,
+    alert_quota_percents: Sequence[int] | Unset | None = UNSET,
+    alert_rate_limited_refusals: int | Unset | None = UNSET,
 ) -> Call[Key]:
-    """Rename a key or change its limits (``None`` inherits the application's again)."""
-    body = KeyUpdate(name=name, rate_limit=rate_limit, monthly_quota=monthly_quota)
+    """Rename a key or change its limits or alert thresholds (``None`` inherits the
+    application's or account's again)."""
+    body = KeyUpdate(
+        name=name,
+        rate_limit=rate_limit,
+        monthly_quota=monthly_quota,
+        alert_quota_percents=_ints(alert_quota_percents),
+        alert_rate_limited_refusals=alert_rate_limited_refusals,
+    )
     return _call(KEYS_UPDATE, body=body, key_id=key_id)
 
 
@@ -405,7 +436,8 @@ def keys_usage(
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> Call[KeyUsage]:
-    """A key's usage: this hour and month, a series, its busiest endpoints, its limits."""
+    """A key's usage: this hour and month, a series, its busiest endpoints, its limits and
+    alert thresholds."""
     params = _query(granularity=granularity, start=start, end=end)
     return _call(KEYS_USAGE, params=params, key_id=key_id)
 
@@ -460,6 +492,8 @@ def personal_keys_create(
     expires_at: datetime | Unset = UNSET,
     rate_limit: RateLimit | Unset | None = UNSET,
     monthly_quota: int | Unset | None = UNSET,
+    alert_quota_percents: Sequence[int] | Unset | None = UNSET,
+    alert_rate_limited_refusals: int | Unset | None = UNSET,
 ) -> Call[CreatedKey]:
     """Issue a personal key for the calling user: the user's rights in each of their accounts,
     within ``scopes``. Its secret is in the answer's ``key`` only."""
@@ -471,6 +505,8 @@ def personal_keys_create(
         expires_at=expires_at,
         rate_limit=rate_limit,
         monthly_quota=monthly_quota,
+        alert_quota_percents=_ints(alert_quota_percents),
+        alert_rate_limited_refusals=alert_rate_limited_refusals,
     )
     return _call(PERSONAL_KEYS_CREATE, body=body)
 
@@ -497,8 +533,16 @@ def personal_keys_update(
     name: str | Unset = UNSET,
     rate_limit: RateLimit | Unset | None = UNSET,
     monthly_quota: int | Unset | None = UNSET,
+    alert_quota_percents: Sequence[int] | Unset | None = UNSET,
+    alert_rate_limited_refusals: int | Unset | None = UNSET,
 ) -> Call[Key]:
-    body = KeyUpdate(name=name, rate_limit=rate_limit, monthly_quota=monthly_quota)
+    body = KeyUpdate(
+        name=name,
+        rate_limit=rate_limit,
+        monthly_quota=monthly_quota,
+        alert_quota_percents=_ints(alert_quota_percents),
+        alert_rate_limited_refusals=alert_rate_limited_refusals,
+    )
     return _call(PERSONAL_KEYS_UPDATE, body=body, key_id=key_id)
 
 

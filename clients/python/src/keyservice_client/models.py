@@ -80,6 +80,17 @@ class RateLimit:
     burst: int | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertThresholds:
+    """When usage raises a ``usage.threshold`` alert: on crossing each of ``quota_percents`` of
+    the monthly quota, and on ``rate_limited_refusals`` refusals by the limits within an hour."""
+
+    __schema__: ClassVar[str] = "AlertThresholds"
+
+    quota_percents: tuple[int, ...]
+    rate_limited_refusals: int
+
+
 T = TypeVar("T")
 
 
@@ -102,6 +113,10 @@ class Account:
     name: str
     created_at: datetime
     updated_at: datetime
+    alert_quota_percents: tuple[int, ...] | None
+    alert_rate_limited_refusals: int | None
+    alert_thresholds: AlertThresholds
+    alert_emails_to_admins: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -196,6 +211,9 @@ class Key:
     revoked_at: datetime | None
     rate_limit: RateLimit | None
     monthly_quota: int | None
+    alert_quota_percents: tuple[int, ...] | None
+    alert_rate_limited_refusals: int | None
+    alert_thresholds: AlertThresholds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -303,6 +321,7 @@ class KeyUsage:
     series: Series
     top_endpoints: tuple[EndpointCounts, ...]
     limits: Limits
+    alert_thresholds: AlertThresholds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -314,6 +333,7 @@ class AccountUsage:
     series: Series
     top_endpoints: tuple[EndpointCounts, ...]
     top_keys: tuple[KeyCounts, ...]
+    alert_thresholds: AlertThresholds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -429,6 +449,8 @@ class KeyCreate:
     expires_at: datetime | Unset = UNSET
     rate_limit: RateLimit | Unset | None = UNSET
     monthly_quota: int | Unset | None = UNSET
+    alert_quota_percents: tuple[int, ...] | Unset | None = UNSET
+    alert_rate_limited_refusals: int | Unset | None = UNSET
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -442,6 +464,8 @@ class PersonalKeyCreate:
     expires_at: datetime | Unset = UNSET
     rate_limit: RateLimit | Unset | None = UNSET
     monthly_quota: int | Unset | None = UNSET
+    alert_quota_percents: tuple[int, ...] | Unset | None = UNSET
+    alert_rate_limited_refusals: int | Unset | None = UNSET
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -451,6 +475,8 @@ class KeyUpdate:
     name: str | Unset = UNSET
     rate_limit: RateLimit | Unset | None = UNSET
     monthly_quota: int | Unset | None = UNSET
+    alert_quota_percents: tuple[int, ...] | Unset | None = UNSET
+    alert_rate_limited_refusals: int | Unset | None = UNSET
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -464,7 +490,10 @@ class KeyRotate:
 class AccountUpdate:
     __schema__: ClassVar[str] = "AccountUpdate"
 
-    name: str
+    name: str | Unset = UNSET
+    alert_quota_percents: tuple[int, ...] | Unset | None = UNSET
+    alert_rate_limited_refusals: int | Unset | None = UNSET
+    alert_emails_to_admins: bool | Unset = UNSET
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
