@@ -2,7 +2,7 @@
 counters, so that an account's usage page sums a few thousand rows rather than every key's hours
 
 Revision ID: 6c1d2e3f4a5b
-Revises: 4541749f8c9a
+Revises: b626934c5db8
 Create Date: 2026-12-05 03:40:00+00:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "6c1d2e3f4a5b"
-down_revision: str | None = "4541749f8c9a"
+down_revision: str | None = "b626934c5db8"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

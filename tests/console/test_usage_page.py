@@ -155,3 +155,26 @@ async def test_the_whole_account_choice_is_the_account_view(owner: ConsoleUser) 
     page = await owner.get("/usage?granularity=day&key_id=")
     assert page.status_code == 200
     assert "Busiest keys" in page.text
+
+
+async def test_the_alert_thresholds_in_force_are_shown(
+    client: httpx.AsyncClient, tenant_for_console: Tenant, owner: ConsoleUser
+) -> None:
+    headers = tenant_for_console.headers
+    response = await client.patch(
+        "/v1/account",
+        json={"alert_quota_percents": [50, 90], "alert_rate_limited_refusals": 20},
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    application = await create_application(client, tenant_for_console)
+    own = await create_key(client, tenant_for_console, application["id"], alert_quota_percents=[75])
+    inherits = await create_key(client, tenant_for_console, application["id"], name="Other")
+    account_page = await owner.get("/usage")
+    assert "reaches 50%, 90% of its monthly quota" in account_page.text
+    assert "20 times within an hour" in account_page.text
+    own_page = await owner.get(f"/usage?key_id={own['id']}")
+    assert "reaches 75% of its monthly quota" in own_page.text
+    assert "20 times within an hour" in own_page.text
+    inherited = await owner.get(f"/usage?key_id={inherits['id']}")
+    assert "reaches 50%, 90% of its monthly quota" in inherited.text

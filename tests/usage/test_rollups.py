@@ -128,7 +128,7 @@ async def test_the_migration_rolls_up_the_counters_already_written(
                     ],
                 )
         # Back to before the rollups, and up again: they are rebuilt from the counters.
-        await downgrade(settings, fresh_database_url, "4541749f8c9a")
+        await downgrade(settings, fresh_database_url, "b626934c5db8")
         await upgrade(settings, fresh_database_url)
         async with sessionmaker() as session:
             account = tenant.account.id

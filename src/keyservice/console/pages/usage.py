@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from keyservice.accounts import service as accounts_service
 from keyservice.config import Settings, SettingsDep
 from keyservice.console import web
 from keyservice.db import SessionDep
@@ -40,11 +41,19 @@ def chart_data(series: Series) -> str:
     )
 
 
-def alert_thresholds(settings: Settings, key: ApiKey | None = None) -> dict[str, Any]:
-    """The thresholds that raise ``usage.threshold`` alerts (for ``key``, when given)."""
+async def alert_thresholds(
+    session: SessionDep, settings: Settings, account_id: uuid.UUID, key: ApiKey | None
+) -> dict[str, Any]:
+    """The thresholds in force that raise ``usage.threshold`` alerts: the key's (its own, else
+    its account's, else the deployment's), or the account's for its keys that set none."""
+    if key is not None:
+        thresholds = (await keys_service.alert_thresholds(session, settings, [key]))[key.id]
+    else:
+        account = await accounts_service.get_account(session, account_id)
+        thresholds = accounts_service.alert_thresholds(settings, account)
     return {
-        "quota_percents": list(settings.quota_alert_percents),
-        "rate_limited_refusals": settings.rate_limited_alert_refusals,
+        "quota_percents": list(thresholds.quota_percents),
+        "rate_limited_refusals": thresholds.rate_limited_refusals,
     }
 
 
@@ -93,6 +102,6 @@ async def usage(
         series=series,
         chart=chart_data(series),
         endpoints=endpoints,
-        thresholds=alert_thresholds(settings, key),
+        thresholds=await alert_thresholds(session, settings, visitor.account_id, key),
         **context,
     )
