@@ -8,7 +8,6 @@ after resolving the endpoint's name, and then to the address that was checked.
 from __future__ import annotations
 
 import email.utils
-import functools
 import json
 import socket
 import ssl
@@ -18,11 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import h11
 import httpx
 
 from keyservice.webhooks import signing
-from keyservice.webhooks.http1 import Destination, Pool
 from keyservice.webhooks.ssrf import Policy, Refused
 
 EXCERPT_BYTES = 4096
@@ -151,51 +148,4 @@ async def send(client: httpx.AsyncClient, policy: Policy, request: Request) -> O
         bytes(excerpt[:EXCERPT_BYTES]).decode(errors="replace"),
         None,
         _retry_after(response.status_code, response.headers),
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _split(url: str) -> tuple[str, int, str, str]:
-    """The scheme, port, ``Host`` and request target (path and query) of a URL the SSRF
-    policy accepted."""
-    parsed = httpx.URL(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    return parsed.scheme, port, parsed.netloc.decode("ascii"), parsed.raw_path.decode("ascii")
-
-
-async def deliver(pool: Pool, policy: Policy, request: Request, *, timeout: float) -> Outcome:
-    """The delivery worker's attempt: as ``send`` makes it (the same checks, the same request
-    to the same address), through the worker's lean HTTP/1.1 client (``keyservice.webhooks.
-    http1``) rather than httpx."""
-    began = time.monotonic()
-
-    def elapsed() -> int:
-        return round((time.monotonic() - began) * 1000)
-
-    try:
-        target = await policy.check(request.url)
-    except Refused as refused:
-        return Outcome(None, elapsed(), refused.message, refused.kind)
-    scheme, port, netloc, path = _split(request.url)
-    destination = Destination(
-        scheme=scheme, address=target.address or target.host, port=port, host=target.host
-    )
-    headers = {"host": netloc, **request.headers}
-    try:
-        answer = await pool.post(
-            destination,
-            target=path,
-            headers=headers,
-            body=request.body,
-            excerpt=EXCERPT_BYTES,
-            timeout=timeout,
-        )
-    except (OSError, TimeoutError, h11.ProtocolError) as exc:
-        return Outcome(None, elapsed(), "", error_kind(exc))
-    return Outcome(
-        answer.status_code,
-        elapsed(),
-        answer.excerpt.decode(errors="replace"),
-        None,
-        _retry_after(answer.status_code, answer.headers),
     )
