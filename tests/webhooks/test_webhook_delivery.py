@@ -5,6 +5,7 @@ change sends nothing; on PostgreSQL the commit's NOTIFY sends it at once."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 
@@ -331,3 +332,16 @@ async def test_a_commit_wakes_the_workers_at_once_on_postgresql(
         [received] = await receiver.wait_for(1, timeout=20)
         assert received.verified_by
         assert received.payload["type"] == "application.created"
+
+
+async def test_a_worker_stops_even_when_woken_as_it_is_stopped(delivery: Delivery) -> None:
+    # On Python 3.11, asyncio.wait_for returned the wake's result instead of the cancel that
+    # came with it: the worker went on, and stop() waited for it forever.
+    for _ in range(50):
+        await delivery.start()
+        await asyncio.sleep(0)
+        delivery.wake()
+        async with asyncio.timeout(10):
+            await delivery.stop()
+        workers = [t for t in asyncio.all_tasks() if t.get_name() == "keyservice-webhook-delivery"]
+        assert workers == []

@@ -193,8 +193,11 @@ class Listener:
                     self._lost_logged = False
                 delay = 0.5
                 while True:
+                    # Not wait_for: on Python 3.11 it swallows a cancel that comes as the
+                    # connection is lost, and the listener would never stop.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), timeout=self._ping_seconds)
+                        async with asyncio.timeout(self._ping_seconds):
+                            await lost.wait()
                     if lost.is_set():
                         raise ConnectionError("the listening connection was closed")
                     # A half-open connection shows no end: the ping finds it.

@@ -175,10 +175,11 @@ class Delivery:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            task.cancel()
+            # Waited for, not awaited: a cancel of stop() itself (a bounded shutdown) is not
+            # taken for the worker's.
+            await asyncio.wait([task])
         await self._settler.finish()
         await self._origins.aclose()
         if self.client is not None:
@@ -187,8 +188,11 @@ class Delivery:
 
     async def _run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for's inner task could
+            # swallow a cancel that came as the wake did, and stop() then waited forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._wake.wait()
             self._wake.clear()
             if self.availability is not None and self.availability.down:
                 continue  # the probe says when it is back; nothing to claim meanwhile
@@ -554,8 +558,11 @@ class WakeListener:
                     self._lost_logged = False
                 delay = 0.5
                 while True:
+                    # Not wait_for: on Python 3.11 it swallows a cancel that comes as the
+                    # connection is lost, and the listener would never stop.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), timeout=self._ping_seconds)
+                        async with asyncio.timeout(self._ping_seconds):
+                            await lost.wait()
                     if lost.is_set():
                         raise ConnectionError("the listening connection was closed")
                     await connection.fetchval("SELECT 1", timeout=5)
