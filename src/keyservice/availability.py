@@ -142,7 +142,10 @@ class Availability:
                 self._changed.clear()
                 while self.down:
                     try:
-                        await asyncio.wait_for(probe(), timeout=PROBE_SECONDS * 5)
+                        # Not wait_for: on Python 3.11 it swallows a cancel that comes as the
+                        # probe answers, and stop() would wait for this loop forever.
+                        async with asyncio.timeout(PROBE_SECONDS * 5):
+                            await probe()
                     except Exception:  # still down: the outage was logged when it began
                         await asyncio.sleep(PROBE_SECONDS)
                     else:
