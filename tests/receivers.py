@@ -15,6 +15,7 @@ import uvicorn
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.types import Receive, Scope, Send
 
+from certificates import Certificates
 from factories import Tenant, create_endpoint
 from servers import free_port
 
@@ -44,18 +45,26 @@ class Answer:
 
 
 class Receiver:
-    def __init__(self, *secrets: str, port: int | None = None) -> None:
+    def __init__(
+        self, *secrets: str, port: int | None = None, tls: Certificates | None = None
+    ) -> None:
         self.secrets = list(secrets)
         self.port = port or free_port()
+        # Over https, its URL names the host its certificate is for.
+        self.tls = tls
         self.received: list[Received] = []
         self.answers: deque[Answer] = deque()
         self.default = Answer()
+        # While set and not released, deliveries are received but not answered.
+        self.hold: asyncio.Event | None = None
         self._arrived = asyncio.Condition()
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"https://{self.tls.host}:{self.port}/hooks"
         return f"http://127.0.0.1:{self.port}/hooks"
 
     def verified(self) -> list[Received]:
@@ -81,6 +90,8 @@ class Receiver:
         async with self._arrived:
             self.received.append(Received(headers, body, verified_by))
             self._arrived.notify_all()
+        if self.hold is not None:
+            await self.hold.wait()
         await send(
             {
                 "type": "http.response.start",
@@ -101,7 +112,13 @@ class Receiver:
 
     async def start(self) -> None:
         config = uvicorn.Config(
-            self, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            self,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+            ssl_certfile=self.tls.cert_file if self.tls is not None else None,
+            ssl_keyfile=self.tls.key_file if self.tls is not None else None,
         )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())

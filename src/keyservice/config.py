@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import ssl
 from enum import StrEnum
 from functools import lru_cache
 from ipaddress import ip_network
+from pathlib import Path
 from typing import Annotated, Self
 
 from fastapi import Depends, Request
@@ -181,7 +183,18 @@ class Settings(BaseSettings):
         description="Seconds before each retry of a failed delivery (each up to 10% later, at "
         "random); after the last, the message has failed.",
     )
-    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=60)
+    webhook_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=60,
+        description="How long one delivery attempt may take, from its connection to the end of "
+        "the answer's first 4 KB.",
+    )
+    webhook_ca_file: Path | None = Field(
+        default=None,
+        description="A PEM file of certificate authorities trusted for webhook receivers, besides "
+        "the public ones (a receiver inside the company network with the company's own CA).",
+    )
     webhook_claim_lease_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -315,6 +328,17 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"invalid network {network!r}: expected an address or CIDR"
                 ) from None
+        return value
+
+    @field_validator("webhook_ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return value
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=str(value))
+        except (OSError, ssl.SSLError):
+            raise ValueError(f"{value}: not a readable PEM file of certificates") from None
         return value
 
     @field_validator("encryption_key")

@@ -32,14 +32,12 @@ import logging
 import random
 import typing
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-import httpx
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -60,56 +58,9 @@ from keyservice.webhooks.fanout import CHANNEL
 from keyservice.webhooks.sending import Outcome, Request, body_of, build_request, send
 from keyservice.webhooks.service import disable, signing_secrets
 from keyservice.webhooks.ssrf import Policy
+from keyservice.webhooks.transport import Sender
 
 logger = logging.getLogger(__name__)
-
-# Connections to one endpoint's origin (scheme, host and port) at once: deliveries beyond wait
-# for one of them. Each origin has a client of its own, so that a slow receiver holds up its own
-# deliveries and no other's, and so that httpx's pool, which looks at each of its connections
-# for every request, stays small.
-CONNECTIONS_PER_ORIGIN = 8
-# Origins whose clients are kept; the least recently used beyond are closed.
-MAX_ORIGINS = 256
-
-
-class _Origins:
-    """An httpx client and its connections' allowance per destination origin."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self._origins: OrderedDict[str, tuple[httpx.AsyncClient, asyncio.Semaphore]] = OrderedDict()
-        self._closing: set[asyncio.Task[None]] = set()
-
-    def of(self, url: str) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
-        parsed = httpx.URL(url)
-        origin = f"{parsed.scheme}://{parsed.netloc.decode()}"
-        found = self._origins.get(origin)
-        if found is None:
-            client = httpx.AsyncClient(
-                timeout=self.timeout,
-                follow_redirects=False,
-                limits=httpx.Limits(
-                    max_connections=CONNECTIONS_PER_ORIGIN,
-                    max_keepalive_connections=CONNECTIONS_PER_ORIGIN,
-                ),
-                trust_env=False,
-            )
-            found = self._origins[origin] = (client, asyncio.Semaphore(CONNECTIONS_PER_ORIGIN))
-            while len(self._origins) > MAX_ORIGINS:
-                _, (old, _) = self._origins.popitem(last=False)
-                task = asyncio.create_task(old.aclose())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-        else:
-            self._origins.move_to_end(origin)
-        return found
-
-    async def aclose(self) -> None:
-        clients = [client for client, _ in self._origins.values()]
-        self._origins.clear()
-        for client in clients:
-            await client.aclose()
-        await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +96,11 @@ class Delivery:
         self.poll_seconds = settings.webhook_poll_seconds
         self.timeout = settings.webhook_timeout_seconds
         self.worker_id = uuid.uuid4()
-        self.client: httpx.AsyncClient | None = None
-        self._origins = _Origins(self.timeout)
+        self.sender = Sender(timeout=self.timeout, ca_file=settings.webhook_ca_file)
+        # The tester's requests do not wait behind the deliveries to the same origin.
+        self.tester = Sender(
+            timeout=self.timeout, connections_per_origin=2, ca_file=settings.webhook_ca_file
+        )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing_logged = False
@@ -159,17 +113,6 @@ class Delivery:
     def wake(self) -> None:
         self._wake.set()
 
-    def http(self) -> httpx.AsyncClient:
-        """A client for one request now and then (the tester's)."""
-        if self.client is None:
-            self.client = httpx.AsyncClient(
-                timeout=self.timeout,
-                follow_redirects=False,
-                limits=httpx.Limits(max_connections=self.batch_size),
-                trust_env=False,
-            )
-        return self.client
-
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="keyservice-webhook-delivery")
 
@@ -181,10 +124,8 @@ class Delivery:
             # taken for the worker's.
             await asyncio.wait([task])
         await self._settler.finish()
-        await self._origins.aclose()
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        await self.sender.aclose()
+        await self.tester.aclose()
 
     async def _run(self) -> None:
         while True:
@@ -299,11 +240,7 @@ class Delivery:
         return requests
 
     async def _send(self, request: Request) -> Outcome:
-        client, connections = self._origins.of(request.url)
-        # Deliveries beyond the origin's connections wait here rather than in httpx's pool,
-        # which looks again at every connection for every request waiting in it.
-        async with connections:
-            return await send(client, self.policy, request)
+        return await send(self.sender, self.policy, request)
 
     async def _attempt(self, item: Claimed, request: Request) -> None:
         await self._settler.settle(item, await self._send(request))

@@ -251,7 +251,7 @@ async def test_endpoint(
         event_type=body.event_type,
         box=box,
         policy=policy,
-        client=request.app.state.runtime.delivery.http(),
+        sender=request.app.state.runtime.delivery.tester,
         product=product,
     )
     return TestResult(

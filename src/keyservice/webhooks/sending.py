@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
+import httpcore
 
 from keyservice.webhooks import signing
 from keyservice.webhooks.ssrf import Policy, Refused
+from keyservice.webhooks.transport import ERRORS, Sender
 
 EXCERPT_BYTES = 4096
 # A Retry-After beyond this is taken as this: the schedule's own longest wait.
@@ -89,7 +90,7 @@ def _retry_after(status_code: int, headers: Mapping[str, str]) -> float | None:
 
 def error_kind(exc: BaseException) -> str:
     """Why no response came: refused, timeout, tls, dns, or network (anything else)."""
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+    if isinstance(exc, httpcore.TimeoutException | TimeoutError):
         return "timeout"
     current: BaseException | None = exc
     while current is not None:
@@ -108,7 +109,7 @@ def error_kind(exc: BaseException) -> str:
     return "network"
 
 
-async def send(client: httpx.AsyncClient, policy: Policy, request: Request) -> Outcome:
+async def send(sender: Sender, policy: Policy, request: Request) -> Outcome:
     """One attempt: the URL checked against the SSRF policy after resolving it, then sent to the
     checked address (the host name kept for ``Host`` and TLS), redirects not followed."""
     began = time.monotonic()
@@ -120,32 +121,14 @@ async def send(client: httpx.AsyncClient, policy: Policy, request: Request) -> O
         target = await policy.check(request.url)
     except Refused as refused:
         return Outcome(None, elapsed(), refused.message, refused.kind)
-    url = httpx.URL(request.url)
-    headers = dict(request.headers)
-    extensions: dict[str, Any] = {}
-    if target.address is not None:
-        headers["host"] = url.netloc.decode()
-        extensions["sni_hostname"] = target.host
-        url = url.copy_with(host=target.address)
-    outgoing = client.build_request(
-        "POST", url, headers=headers, content=request.body, extensions=extensions
-    )
     try:
-        response = await client.send(outgoing, stream=True, follow_redirects=False)
-        try:
-            excerpt = bytearray()
-            async for chunk in response.aiter_raw():
-                excerpt += chunk
-                if len(excerpt) >= EXCERPT_BYTES:
-                    break
-        finally:
-            await response.aclose()
-    except httpx.HTTPError as exc:
+        answer = await sender.post(target, request.headers, request.body, limit=EXCERPT_BYTES)
+    except ERRORS as exc:
         return Outcome(None, elapsed(), "", error_kind(exc))
     return Outcome(
-        response.status_code,
+        answer.status_code,
         elapsed(),
-        bytes(excerpt[:EXCERPT_BYTES]).decode(errors="replace"),
+        answer.excerpt.decode(errors="replace"),
         None,
-        _retry_after(response.status_code, response.headers),
+        _retry_after(answer.status_code, answer.headers),
     )

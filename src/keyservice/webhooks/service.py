@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 
-import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,6 +34,7 @@ from keyservice.webhooks import fanout, signing
 from keyservice.webhooks.schemas import EndpointCreate, EndpointUpdate
 from keyservice.webhooks.sending import Outcome, Request, body_of, build_request, send
 from keyservice.webhooks.ssrf import Policy, Refused
+from keyservice.webhooks.transport import Sender
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +365,7 @@ async def test_endpoint(
     event_type: str,
     box: SecretBox,
     policy: Policy,
-    client: httpx.AsyncClient,
+    sender: Sender,
     product: ProductCatalogue,
 ) -> tuple[Request, Outcome]:
     """Send a sample event of ``event_type`` to the endpoint now (enabled or not), outside the
@@ -378,7 +378,7 @@ async def test_endpoint(
         message_id=str(uuid.uuid4()),
         body=sample_body(event_type, product),
     )
-    return request, await send(client, policy, request)
+    return request, await send(sender, policy, request)
 
 
 async def disable(

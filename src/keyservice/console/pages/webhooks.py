@@ -402,7 +402,7 @@ async def send_test(
             event_type=body.event_type,
             box=_box(request),
             policy=_policy(request),
-            client=request.app.state.runtime.delivery.http(),
+            sender=request.app.state.runtime.delivery.tester,
             product=_product(request),
         )
     except ValidationError as error:
