@@ -44,6 +44,7 @@ def free_port() -> int:
 class Server:
     base_url: str
     log: Path
+    process: subprocess.Popen[bytes]
 
     def output(self) -> str:
         return self.log.read_text()
@@ -62,7 +63,7 @@ def serving(directory: Path, env: dict[str, str], *args: str) -> Iterator[Server
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    server = Server(base_url=f"http://127.0.0.1:{port}", log=log)
+    server = Server(base_url=f"http://127.0.0.1:{port}", log=log, process=process)
     try:
         deadline = time.monotonic() + 30
         while True:
