@@ -136,6 +136,8 @@ class Result:
     steady_rate: int
     publishers: int
     problems: list[str]
+    # One delivery's HTTP exchange in µs of CPU: the worker's sender, and httpx's client.
+    sending: dict[str, float]
 
     @property
     def steady(self) -> Phase:
@@ -354,22 +356,23 @@ def measure(
     """Both phases on one instance of the database at ``url`` (migrated, with an owner)."""
     server_cpus, receiver_cpus = cpus
     settings = {"KEYSERVICE_WEBHOOK_ALLOWED_NETWORKS": f"{HOST}/32"}
-    with (
-        receiver(receiver_cpus) as receiver_url,
-        serve(url, cpus=server_cpus, as_shipped=True, settings=settings) as server,
-    ):
-        say(f"bench: fan-out: keyservice serve on {server.base_url}, receiver on {receiver_url}")
-        key = setup(server, owner_key, receiver_url, ENDPOINTS)
-        warmup = Phase("warm-up", WARMUP_EVENTS, ENDPOINTS)
-        problems = run_phase(server, url, receiver_url, key, warmup, STEADY_EVENTS_PER_SECOND)
-        phases = {
-            STEADY: Phase(STEADY, STEADY_EVENTS_PER_SECOND * seconds, ENDPOINTS),
-            BURST: Phase(BURST, BURST_EVENTS, ENDPOINTS),
-        }
-        problems += run_phase(
-            server, url, receiver_url, key, phases[STEADY], STEADY_EVENTS_PER_SECOND
-        )
-        problems += run_phase(server, url, receiver_url, key, phases[BURST], None)
+    with receiver(receiver_cpus) as receiver_url:
+        with serve(url, cpus=server_cpus, as_shipped=True, settings=settings) as server:
+            say(
+                f"bench: fan-out: keyservice serve on {server.base_url}, receiver on {receiver_url}"
+            )
+            key = setup(server, owner_key, receiver_url, ENDPOINTS)
+            warmup = Phase("warm-up", WARMUP_EVENTS, ENDPOINTS)
+            problems = run_phase(server, url, receiver_url, key, warmup, STEADY_EVENTS_PER_SECOND)
+            phases = {
+                STEADY: Phase(STEADY, STEADY_EVENTS_PER_SECOND * seconds, ENDPOINTS),
+                BURST: Phase(BURST, BURST_EVENTS, ENDPOINTS),
+            }
+            problems += run_phase(
+                server, url, receiver_url, key, phases[STEADY], STEADY_EVENTS_PER_SECOND
+            )
+            problems += run_phase(server, url, receiver_url, key, phases[BURST], None)
+        sending = measure_sending(receiver_url, server_cpus)
     for phase in phases.values():
         if phase.attempts != phase.statuses.get("delivered", 0) or phase.statuses.get("failed"):
             problems.append(
@@ -377,7 +380,27 @@ def measure(
                 f"{phase.statuses.get('delivered', 0):,} delivered messages, "
                 f"{phase.statuses.get('failed', 0):,} failed (expected one attempt each)"
             )
-    return Result(phases, ENDPOINTS, STEADY_EVENTS_PER_SECOND, PUBLISHERS, problems)
+    return Result(phases, ENDPOINTS, STEADY_EVENTS_PER_SECOND, PUBLISHERS, problems, sending)
+
+
+def measure_sending(receiver_url: str, cpus: frozenset[int] | None) -> dict[str, float]:
+    """bench/sending.py on the server's CPUs: one delivery's HTTP exchange, in µs of CPU, with
+    the worker's sender and with httpx's client."""
+    say("bench: fan-out: one delivery's HTTP exchange, the worker's sender and httpx's client")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.sending", "--receiver", receiver_url],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=pin_to(cpus),
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"bench/sending.py failed: {done.stderr.strip()[-2000:]}")
+    cost: dict[str, float] = json.loads(done.stdout)
+    return cost
 
 
 def _ms(value: float) -> str:
@@ -503,6 +526,12 @@ def section(result: Result, *, command: str, date: str, machine: dict[str, str])
         + "); the figures move by tens of percent between runs, so the goals are read with a "
         f"margin. The steady phase's {steady.deliveries:,} deliveries took "
         f"{steady.elapsed:.1f} s for {steady.publish_seconds:.1f} s of publishing.",
+        f"- One delivery's HTTP exchange alone (bench/sending.py, after the phases, on the "
+        f"server's CPU, 8 at a time to the same receiver): {result.sending['sender']:.0f} µs of "
+        f"CPU with the worker's sender (httpcore's pools over asyncio), "
+        f"{result.sending['httpx']:.0f} µs with httpx's client (`httpx.AsyncClient`, which the "
+        f"worker used before): {result.sending['httpx'] / result.sending['sender']:.2f} times "
+        "as much.",
         *(f"- Problem: {problem}" for problem in result.problems),
     ]
     return "\n".join(lines) + "\n"
