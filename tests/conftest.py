@@ -312,6 +312,7 @@ def make_delivery(
     settings: Settings,
     clock: Clock,
     jitter: float = 0.0,
+    policy: Policy | None = None,
 ) -> Delivery:
     key = settings.encryption_key
     assert key is not None
@@ -319,7 +320,7 @@ def make_delivery(
         sessionmaker,
         settings,
         keyring=Keyring(key.get_secret_value(), development_path=None),
-        policy=Policy.of(settings),
+        policy=policy or Policy.of(settings),
         clock=clock,
         jitter=lambda: jitter,
     )

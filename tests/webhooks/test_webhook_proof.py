@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from conftest import Clock, client_for
-from factories import create_tenant
+from factories import Tenant, create_tenant
 from keyservice.config import Settings
 from keyservice.events import service as events
 from keyservice.main import create_app
@@ -59,6 +59,22 @@ async def _statuses(app: FastAPI) -> dict[str, int]:
             )
         ).all()
     return dict(rows)
+
+
+async def _publish_deals(app: FastAPI, tenant: Tenant, count: int) -> None:
+    """``count`` of the product's ``deal.won`` events, committed at once."""
+    async with app.state.sessionmaker() as session:
+        await events.record_many(
+            session,
+            [
+                events.NewEvent(
+                    account_id=tenant.account.id,
+                    data=events.Published("deal.won", {"deal": number}),
+                )
+                for number in range(count)
+            ],
+        )
+        await session.commit()
 
 
 def _exactly_once(receiver: Receiver) -> None:
@@ -180,18 +196,7 @@ async def test_a_stopped_workers_claims_are_taken_over_after_their_lease(
         # The second instance's worker claims a batch, then stops before sending anything: as
         # if its instance died mid-flight. (Its app is never started: no worker of its own.)
         await _delivery(first).stop()
-        async with first.state.sessionmaker() as session:
-            await events.record_many(
-                session,
-                [
-                    events.NewEvent(
-                        account_id=tenant.account.id,
-                        data=events.Published("deal.won", {"deal": number}),
-                    )
-                    for number in range(30)
-                ],
-            )
-            await session.commit()
+        await _publish_deals(first, tenant, 30)
         claimed = await _delivery(second)._claim()
         assert len(claimed) == 30
         # The first instance's worker does not take claims that are still leased ...
@@ -244,18 +249,7 @@ async def test_an_instance_killed_mid_delivery_has_its_claims_taken_over(
         await endpoint_for(client, tenant, receiver)
         receiver.hold = asyncio.Event()
         with serving(tmp_path, env) as doomed:
-            async with survivor.state.sessionmaker() as session:
-                await events.record_many(
-                    session,
-                    [
-                        events.NewEvent(
-                            account_id=tenant.account.id,
-                            data=events.Published("deal.won", {"deal": number}),
-                        )
-                        for number in range(in_flight)
-                    ],
-                )
-                await session.commit()
+            await _publish_deals(survivor, tenant, in_flight)
             first_tries = await receiver.wait_for(in_flight, timeout=30)
             claimed = {r.id for r in first_tries}
             assert len(claimed) == in_flight

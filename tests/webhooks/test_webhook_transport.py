@@ -18,11 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from certificates import Certificates, make_certificates
-from conftest import Clock
+from conftest import Clock, make_delivery
 from factories import create_application, create_tenant
 from keyservice.config import Settings
 from keyservice.models import WebhookAttempt, WebhookMessage
-from keyservice.secretbox import Keyring
 from keyservice.webhooks.delivery import Delivery
 from keyservice.webhooks.sending import EXCERPT_BYTES, Outcome, build_request, send
 from keyservice.webhooks.ssrf import Policy
@@ -70,14 +69,11 @@ def _production_delivery(
             "webhook_ca_file": ca_file,
         }
     )
-    key = settings.encryption_key
-    assert key is not None
-    return Delivery(
+    return make_delivery(
         sessionmaker,
         production,
-        keyring=Keyring(key.get_secret_value(), development_path=None),
+        clock,
         policy=Policy.of(production, resolver=_resolves_to_loopback),
-        clock=clock,
     )
 
 
