@@ -48,6 +48,8 @@ ERRORS: tuple[type[Exception], ...] = (
     httpcore.NetworkError,
     httpcore.ProtocolError,
     httpcore.UnsupportedProtocol,
+    # A pool closed under a request: an origin evicted beyond MAX_ORIGINS, or the worker stopping.
+    httpcore.ConnectionNotAvailable,
     TimeoutError,
     OSError,
 )
