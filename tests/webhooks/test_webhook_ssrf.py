@@ -51,6 +51,7 @@ def _production(**overrides: Any) -> Policy:
         ("https://user:password@public.example/hook", "invalid_url"),
         ("ftp://public.example/hook", "invalid_url"),
         ("https://no-such-host.invalid/hook", "dns"),
+        ("https://a..b/hook", "invalid_url"),
     ],
 )
 async def test_production_refuses_what_is_not_a_public_https_url(url: str, kind: str) -> None:
@@ -108,3 +109,11 @@ async def test_development_registers_a_local_receiver(
         "/v1/webhooks/endpoints", headers=tenant.headers, json={"url": "http://localhost:9000/"}
     )
     assert response.status_code == 201, response.text
+
+
+async def test_development_refuses_a_host_that_is_no_host_name_too() -> None:
+    # It allows every address, but a name no resolver takes once reached the sender and failed
+    # the worker instead of its attempt.
+    with pytest.raises(Refused) as refused:
+        await Policy(allow_all=True).check("http://a..b/hook")
+    assert refused.value.kind == "invalid_url"

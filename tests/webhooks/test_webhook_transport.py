@@ -294,3 +294,26 @@ async def test_a_long_answer_is_cut_to_its_first_4_kb_and_the_next_delivery_work
         second = await _deliver(sender, receiver.url, 2)
     assert (first.status_code, len(first.excerpt)) == (200, EXCERPT_BYTES)
     assert (second.status_code, second.excerpt) == (200, first.excerpt)
+
+
+async def test_a_receiver_is_reached_again_after_its_attempts_timed_out(sender: Sender) -> None:
+    # More timeouts than the origin has connections: none of them is left taken in the pool.
+    silent = True
+
+    async def answers_when_told(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await receiver.read_request(reader)
+            if silent:
+                await reader.read()
+                return
+            writer.write(NO_CONTENT)
+            await writer.drain()
+
+    async with RawReceiver(answers_when_told) as receiver:
+        timed_out = await asyncio.gather(
+            *(_deliver(sender, receiver.url, n) for n in range(2 * CONNECTIONS_PER_ORIGIN))
+        )
+        assert {outcome.error for outcome in timed_out} == {"timeout"}
+        silent = False
+        outcomes = await asyncio.gather(*(_deliver(sender, receiver.url, n) for n in range(8)))
+    assert {outcome.status_code for outcome in outcomes} == {204}

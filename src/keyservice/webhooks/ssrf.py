@@ -81,6 +81,10 @@ def _parts(url: str) -> tuple[str, str, int]:
         raise Refused("invalid_url", f"a URL has at most {MAX_URL_LENGTH} characters")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Refused("invalid_url", "expected an absolute http or https URL")
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise Refused("invalid_url", "the URL's host is not a valid host name") from None
     if parts.username is not None or parts.password is not None:
         raise Refused(
             "invalid_url", "a URL must not hold credentials: the signature proves the sender"

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpcore
 import httpx
 
@@ -152,7 +153,9 @@ class _Stream(httpcore.AsyncNetworkStream):
                 raise httpcore.WriteTimeout("the receiver does not read") from exc
 
     async def aclose(self) -> None:
-        self._transport.close()
+        # At once, as httpcore expects: close() would wait for a receiver that stops reading
+        # (or 30 s for its TLS close_notify), a socket left open meanwhile.
+        self._transport.abort()
 
     async def start_tls(
         self,
@@ -326,17 +329,20 @@ class Sender:
             extensions=extensions,
         )
         # Deliveries beyond the origin's connections wait here rather than in httpcore's pool;
-        # the timeout runs once one of them is ours.
-        async with connections, asyncio.timeout(self.timeout):
-            response = await pool.handle_async_request(request)
-            try:
-                excerpt = bytearray()
-                async for chunk in response.aiter_stream():
-                    excerpt += chunk
-                    if len(excerpt) >= limit:
-                        break
-            finally:
-                await response.aclose()
+        # the timeout runs once one of them is ours. anyio's, not asyncio's: httpcore shields
+        # its cleanup (a connection's state, the pool's books) from anyio's cancellation only,
+        # and a deadline that fell inside it would leave a connection stuck in the pool.
+        async with connections:
+            with anyio.fail_after(self.timeout):
+                response = await pool.handle_async_request(request)
+                try:
+                    excerpt = bytearray()
+                    async for chunk in response.aiter_stream():
+                        excerpt += chunk
+                        if len(excerpt) >= limit:
+                            break
+                finally:
+                    await response.aclose()
         return Answer(
             status_code=response.status,
             headers={
